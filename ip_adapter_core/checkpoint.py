@@ -1,0 +1,153 @@
+"""Read adapter files safely and split them into their two parts.
+
+``.safetensors`` headers are validated before anything is allocated; ``.bin`` / ``.pt`` files are read with
+``torch.load(weights_only=True)``, which refuses to run pickled code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from .errors import CorruptFileError, NotAnIPAdapterError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+# Prefix pairs used by published files and training checkpoints, in the order they are tried.
+_PART_PREFIXES = (("image_proj.", "ip_adapter."), ("image_proj_model.", "adapter_modules."), ("image_proj.", "adapter_modules."))
+
+
+@dataclass(frozen=True)
+class AdapterParts:
+    """The two state dicts of an IP-Adapter file, keys without their part prefix."""
+
+    image_proj: dict[str, torch.Tensor]
+    ip_adapter: dict[str, torch.Tensor]
+
+
+def validate_safetensors_header(path: str) -> dict:
+    """Parse and check a safetensors header without reading tensor data.
+
+    Every tensor's byte range must lie inside the file and match its dtype and shape, so a truncated file or a
+    header that claims huge tensors fails here, before any allocation.
+    """
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptFileError(f"'{name}' is {size} bytes, too short to be a safetensors file (header missing).")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER_BYTES, size - 8):
+            raise CorruptFileError(
+                f"'{name}' is not a valid safetensors file: its header claims {n} bytes but the file has {size}. "
+                "The file is truncated or not a safetensors file; download it again."
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"'{name}' has an unreadable safetensors header ({e}); download it again.") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"'{name}' has a malformed safetensors header; download it again.")
+    data_size = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, end = (int(v) for v in info["data_offsets"])
+            numel = 1
+            for d in info["shape"]:
+                numel *= int(d)
+            itemsize = _DTYPE_BYTES[info["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise CorruptFileError(f"'{name}': tensor '{key}' has a malformed header entry; download it again.") from None
+        if not 0 <= start <= end <= data_size or end - start != numel * itemsize:
+            raise CorruptFileError(
+                f"'{name}': tensor '{key}' needs bytes {start}..{end} ({numel * itemsize} expected) but the file "
+                f"holds {data_size} data bytes. The file is truncated or corrupt; download it again."
+            )
+    return header
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load every tensor of a file, safely. Nested ``.bin`` layouts are flattened as ``part.key``."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise CorruptFileError(f"'{path}' does not exist or is not a file.")
+    if path.lower().endswith(SAFETENSORS_SUFFIXES):
+        validate_safetensors_header(path)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise CorruptFileError(f"'{name}' could not be read as safetensors ({e}); download it again.") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CorruptFileError(
+            f"'{name}' was refused by safe loading: it contains Python objects other than tensors ({str(e).splitlines()[0]}). "
+            "Only plain weight files are loaded; use the .safetensors version of this adapter."
+        ) from None
+    except Exception as e:
+        raise CorruptFileError(f"'{name}' is not a readable torch file ({type(e).__name__}: {e}); download it again.") from None
+    return _flatten(obj, name)
+
+
+def _flatten(obj: object, name: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise NotAnIPAdapterError(f"'{name}' holds a {type(obj).__name__}, not a state dict of tensors.")
+    flat: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, torch.Tensor)})
+        elif isinstance(v, torch.Tensor):
+            flat[str(k)] = v
+    return flat
+
+
+def split_parts(state_dict: Mapping[str, torch.Tensor], *, name: str = "the file") -> AdapterParts:
+    """Split a flat state dict into image_proj / ip_adapter parts by key prefix.
+
+    Raises NotAnIPAdapterError naming what the file looks like when neither prefix pair is present.
+    """
+    for proj_prefix, layers_prefix in _PART_PREFIXES:
+        proj = {k[len(proj_prefix):]: v for k, v in state_dict.items() if k.startswith(proj_prefix)}
+        layers = {k[len(layers_prefix):]: v for k, v in state_dict.items() if k.startswith(layers_prefix)}
+        if proj and layers:
+            return AdapterParts(image_proj=proj, ip_adapter=layers)
+    raise NotAnIPAdapterError(
+        f"{name} is not an IP-Adapter: it has no 'image_proj.*' + 'ip_adapter.*' keys; it looks like "
+        f"{guess_kind(state_dict)}. Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors) in models/ipadapter."
+    )
+
+
+def guess_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A short human description of what a non-adapter state dict probably is, for error messages."""
+    keys = list(state_dict)
+    if not keys:
+        return "an empty file (no tensors)"
+    if any("lora_" in k or ".lora." in k or "lora_unet" in k for k in keys):
+        return "a LoRA"
+    if any(k.startswith(("vision_model.", "visual.")) for k in keys):
+        return "a CLIP vision encoder (that belongs in models/clip_vision)"
+    if any(k.startswith(("model.diffusion_model.", "input_blocks.", "down_blocks.")) for k in keys):
+        return "a diffusion model / checkpoint"
+    if any("controlnet" in k or k.startswith("control_model.") for k in keys):
+        return "a ControlNet"
+    return f"an unknown model ({len(keys)} tensors, e.g. '{keys[0]}')"
+
+
+def load_adapter_parts(path: str) -> AdapterParts:
+    """Read ``path`` safely and split it; the one entry point the host uses."""
+    return split_parts(read_state_dict(path), name=f"'{os.path.basename(path)}'")

@@ -1,0 +1,80 @@
+"""Checks that adapter, base model, CLIP vision encoder and image input belong together, before sampling starts."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .errors import IncompatibleError, InputError
+from .sites import Site
+from .spec import FAMILY_BY_CONTEXT_DIM, FAMILY_LABEL, AdapterSpec
+
+_EXAMPLE_FILE = {"sd15": "ip-adapter_sd15.safetensors", "sdxl": "ip-adapter_sdxl_vit-h.safetensors"}
+
+
+def _family_label(ctx: int) -> str:
+    fam = FAMILY_BY_CONTEXT_DIM.get(ctx)
+    return f"{FAMILY_LABEL[fam]} ({ctx})" if fam else f"a model with cross-attention width {ctx}"
+
+
+def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | None, *, adapter_name: str, where: str) -> None:
+    """The adapter's layers must match the model's cross-attention sites one for one (count and widths)."""
+    if not sites or context_dim is None:
+        raise IncompatibleError(
+            f"{where}: the model has no UNet cross-attention layers (is it a DiT such as Flux or SD3?); "
+            f"'{adapter_name}' is an {spec.describe()} adapter for UNet models."
+        )
+    if context_dim != spec.cross_attention_dim:
+        fam = FAMILY_BY_CONTEXT_DIM.get(context_dim)
+        fix = f"; load an {FAMILY_LABEL[fam]} adapter such as {_EXAMPLE_FILE[fam]}" if fam else ""
+        raise IncompatibleError(
+            f"{where}: the adapter '{adapter_name}' is {_family_label(spec.cross_attention_dim)} but the model is "
+            f"{_family_label(context_dim)}{fix}."
+        )
+    widths = tuple(s.hidden for s in sites)
+    if widths != spec.site_dims:
+        raise IncompatibleError(
+            f"{where}: the adapter '{adapter_name}' has {spec.num_sites} cross-attention layers {_summary(spec.site_dims)} but "
+            f"the model has {len(sites)} {_summary(widths)}; this adapter was trained for a different UNet layout."
+        )
+
+
+def _summary(widths: Sequence[int]) -> str:
+    return "(widths " + ", ".join(f"{w}x{widths.count(w)}" for w in sorted(set(widths))) + ")"
+
+
+def check_encoder(spec: AdapterSpec, *, hidden: int, projection: int | None, adapter_name: str, where: str) -> None:
+    """The CLIP vision encoder must produce what the adapter's projection reads."""
+    found = projection if spec.encoder_input == "image_embeds" else hidden
+    if found != spec.encoder_dim:
+        what = "image embeds" if spec.encoder_input == "image_embeds" else "hidden states"
+        raise IncompatibleError(
+            f"{where}: the CLIP vision model gives {found}-wide {what} (width {hidden}, projection {projection}) but "
+            f"'{adapter_name}' ({spec.describe()}) needs {spec.encoder_dim}-wide {what}; load {spec.encoder_name} "
+            f"in the CLIP Vision loader."
+        )
+
+
+def prepare_images(image: torch.Tensor, *, where: str) -> torch.Tensor:
+    """IMAGE (B, H, W, C) with C in 1..4 -> (B, H, W, 3) float: alpha dropped, gray expanded; rejects bad batches."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InputError(f"{where}: expected an IMAGE batch [B, H, W, C], got {shape}.")
+    b, h, w, c = image.shape
+    if b == 0 or h == 0 or w == 0:
+        raise InputError(f"{where}: the image batch is empty (shape {tuple(image.shape)}); connect at least one image.")
+    if c not in (1, 2, 3, 4):
+        raise InputError(f"{where}: images have {c} channels; expected RGB (3), RGBA (4), gray (1) or gray+alpha (2).")
+    if c in (1, 2):
+        image = image[..., :1].expand(-1, -1, -1, 3)
+    elif c == 4:
+        image = image[..., :3]
+    if not bool(torch.isfinite(image).all()):
+        raise InputError(f"{where}: the image contains NaN or infinite values; fix the node that produced it.")
+    return image.float()
+
+
+def check_range(start_at: float, end_at: float, *, where: str) -> None:
+    if start_at > end_at:
+        raise InputError(f"{where}: start_at ({start_at}) is after end_at ({end_at}); "
+                         "start_at must be <= end_at (0 = first step, 1 = last).")

@@ -1,0 +1,45 @@
+"""Image tokens: the projected image prompt, the payload of an IPA_EMBEDS socket."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import IncompatibleError
+from .spec import AdapterSpec
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """Projected tokens of one or more reference images for one adapter.
+
+    cond: (N_images, T, C) tokens of the image prompt. uncond: (1, T, C) tokens used for the negative (uncond) batch.
+    adapter_id: fingerprint of the adapter whose projection made them (tokens only fit that adapter's to_k_ip/to_v_ip).
+    """
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    spec: AdapterSpec
+    adapter_id: str
+    adapter_name: str
+
+    def check_fits(self, spec: AdapterSpec, adapter_id: str, adapter_name: str, *, where: str) -> None:
+        """Raise IncompatibleError unless these tokens were made by the given adapter."""
+        if adapter_id != self.adapter_id:
+            raise IncompatibleError(
+                f"{where}: the embeds were made with adapter '{self.adapter_name}' ({self.spec.describe()}) but the "
+                f"adapter here is '{adapter_name}' ({spec.describe()}). Encode the image with the same adapter you apply."
+            )
+
+
+def fingerprint(parts: dict[str, torch.Tensor]) -> str:
+    """A cheap content fingerprint of an adapter's tensors: names, shapes and a few sampled values."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for key in sorted(parts):
+        t = parts[key]
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        flat = t.reshape(-1)
+        h.update(flat[:: max(1, flat.numel() // 16)][:16].float().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,16 @@
+"""Thin ComfyUI layer: node classes and their registration."""
+from .apply import IPAApply, IPAApplySimple
+from .encode import IPAEncode
+from .loader import IPAModelLoader, register_folder
+
+_NODES = {
+    "IPA_ModelLoader": IPAModelLoader,
+    "IPA_Encode": IPAEncode,
+    "IPA_Apply": IPAApply,
+    "IPA_ApplySimple": IPAApplySimple,
+}
+
+NODE_CLASS_MAPPINGS = dict(_NODES)
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.DISPLAY_NAME for node_id, cls in _NODES.items()}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_folder"]

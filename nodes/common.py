@@ -1,0 +1,45 @@
+"""Shared input definitions and error reporting for the node classes."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from ..ip_adapter_core.errors import IPAdapterError
+
+CATEGORY = "ip-adapter"
+ADAPTER = "IPA_ADAPTER"
+EMBEDS = "IPA_EMBEDS"
+
+WEIGHT = ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "Strength of the image prompt. 0 = no effect, 1 = as trained; negative pushes away from the image."})
+START_AT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                      "tooltip": "Fraction of the sampling schedule where the image prompt starts (0 = first step). "
+                                 "Converted to a sigma the way ComfyUI converts ControlNet percents."})
+END_AT = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                    "tooltip": "Fraction of the sampling schedule where the image prompt stops (1 = last step)."})
+MODEL_IN = ("MODEL", {"tooltip": "The diffusion model (SD1.5 or SDXL family) to add the image prompt to. It is cloned, never changed."})
+ADAPTER_IN = (ADAPTER, {"tooltip": "An IP-Adapter from 'IPA Load Adapter'."})
+CLIP_VISION_IN = ("CLIP_VISION", {"tooltip": "The CLIP vision encoder the adapter was trained with (from the core 'Load CLIP Vision' node); "
+                                             "the adapter's help page lists which one."})
+IMAGE_IN = ("IMAGE", {"tooltip": "Reference image(s). Several images are used together (their tokens share one attention). "
+                                 "Alpha is dropped and gray images are expanded to RGB."})
+EMBEDS_IN = (EMBEDS, {"tooltip": "Image tokens from 'IPA Encode Image', made with the same adapter."})
+
+
+def reports(node_name: str) -> Callable:
+    """Prefix every IPAdapterError raised inside a node function with the node's display name."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except IPAdapterError as e:
+                msg = str(e)
+                if msg.startswith(node_name):
+                    raise
+                raise type(e)(f"{node_name}: {msg}") from None
+
+        return run
+
+    return wrap

@@ -1,0 +1,136 @@
+"""The attn2 replace patch: the only object this package puts into a MODEL's transformer_options.
+
+Design (see issue "near-zero cost per step"):
+- ``AdapterRun`` is one apply of one adapter on one model: image tokens, weight, sigma range, and a cache of the
+  per-site K' / w*V' laid out for the batch, built on the first call for a (device, dtype, chunk layout) and reused
+  for every later step and run. It is shared, never copied: ``__deepcopy__`` returns itself.
+- ``IPAttn2Patch`` is the object stored under one attn2 key. It is immutable: adding an adapter returns a new
+  patch holding the old terms plus the new one, so a clone's patches never alter the original's. It calls through a
+  foreign patch that was at the key first, and otherwise runs ComfyUI's own attention exactly as the unpatched
+  block does.
+- Nothing in ``__call__`` syncs with the host: start/end gating is a tensor compare on the device, computed once per
+  step and skipped altogether for the full range.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+
+from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
+from ...ip_adapter_core.embeds import ImageTokens
+
+_MAX_CACHED_LAYOUTS = 64
+
+
+class AdapterRun:
+    """One adapter applied to one model. adapter: LoadedAdapter (host.py); tokens: ImageTokens made by it."""
+
+    def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
+                 full_range: bool) -> None:
+        self.adapter = adapter
+        self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
+        self.weight = float(weight)
+        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.full_range = full_range
+        self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gate_key: tuple | None = None
+        self._gate: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> "AdapterRun":
+        return self
+
+    def kv(self, site: int, q: torch.Tensor, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K', w*V' of ``site`` for this batch layout, from the cache after the first call."""
+        per = q.shape[0] // len(cond_or_uncond)
+        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per)
+        hit = self._kv.get(key)
+        if hit is None:
+            if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
+                self._kv.clear()
+            model = self.adapter.model
+            hit = site_kv(lambda t: model.site_kv(site, t), self.cond, self.uncond, weight=self.weight,
+                          cond_or_uncond=cond_or_uncond, per_chunk=per, device=q.device, dtype=q.dtype)
+            self._kv[key] = hit
+        return hit
+
+    def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
+        """None for the full range; else a (1,1,1) on/off tensor, recomputed only when the step's sigmas change."""
+        if self.full_range:
+            return None
+        sigmas = extra_options["sigmas"]
+        if self._gate_key is None or self._gate_key[0] is not sigmas or self._gate_key[1] != dtype:
+            self._gate = sigma_gate(sigmas, sigma_start=self.sigma_start, sigma_end=self.sigma_end, dtype=dtype)
+            self._gate_key = (sigmas, dtype)
+        return self._gate
+
+    def keep_device(self, device: torch.device) -> None:
+        """Drop cached K/V that live on other devices (called when ComfyUI moves the model)."""
+        self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+
+
+class IPAttn2Patch:
+    """attn2 replacement for one site: base attention (or the patch that was there first) plus every image term."""
+
+    __slots__ = ("terms", "inner")
+
+    def __init__(self, terms: tuple[tuple[AdapterRun, int], ...], inner: Callable | None) -> None:
+        self.terms = terms
+        self.inner = inner
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = extra_options["n_heads"]
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
+                                      transformer_options=extra_options)
+        cond_or_uncond = extra_options["cond_or_uncond"]
+        for run, site in self.terms:
+            k_ip, v_ip = run.kv(site, q, cond_or_uncond)
+            out = add_image_term(out, q, k_ip, v_ip, heads, _ip_attention(extra_options), run.gate(extra_options, out.dtype))
+        return out
+
+    def with_term(self, run: AdapterRun, site: int) -> "IPAttn2Patch":
+        return IPAttn2Patch(self.terms + ((run, site),), self.inner)
+
+    def __deepcopy__(self, memo: dict) -> "IPAttn2Patch":
+        return self
+
+    def to(self, device_or_dtype: Any) -> "IPAttn2Patch":
+        if isinstance(device_or_dtype, torch.device):
+            for run, _ in self.terms:
+                run.keep_device(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        found = []
+        for run, _ in self.terms:
+            if run.adapter.patcher not in found:
+                found.append(run.adapter.patcher)
+        if self.inner is not None and hasattr(self.inner, "models"):
+            found += self.inner.models()
+        return found
+
+
+def _ip_attention(extra_options: dict) -> Callable:
+    precision = extra_options.get("attn_precision")
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
+
+    return attention
+
+
+def install(model_patcher: Any, run: AdapterRun, site_keys: list[tuple[str, int, int]]) -> Any:
+    """A clone of ``model_patcher`` with ``run``'s term on every site; site_keys[i] gets checkpoint layer 2i+1."""
+    m = model_patcher.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    existing = to.get("patches_replace", {}).get("attn2", {})
+    for i, key in enumerate(site_keys):
+        # ComfyUI tries (block, id, index) first, then (block, id): a foreign 2-tuple patch covers every index.
+        current = existing.get(key, existing.get(key[:2]))
+        patch = current if isinstance(current, IPAttn2Patch) else IPAttn2Patch((), current)
+        m.set_model_attn2_replace(patch.with_term(run, i), key[0], key[1], key[2])
+    return m

@@ -1,0 +1,137 @@
+"""Everything else that touches ComfyUI internals: model management, UNet inspection, sigmas, CLIP vision."""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import comfy.model_management as mm
+import comfy.model_patcher
+from comfy.ldm.modules.attention import SpatialTransformer
+
+from ...ip_adapter_core.checkpoint import load_adapter_parts
+from ...ip_adapter_core.embeds import fingerprint
+from ...ip_adapter_core.projection import IPAdapterModel
+from ...ip_adapter_core.sites import Site, checkpoint_order
+from ...ip_adapter_core.spec import AdapterSpec, detect_spec
+
+
+@dataclass(eq=False)
+class LoadedAdapter:
+    """One adapter file, loaded once and shared by every node and model that uses it (payload of IPA_ADAPTER).
+
+    patcher: a ModelPatcher over ``model``, so ComfyUI loads and offloads the weights with the UNet.
+    """
+
+    name: str
+    spec: AdapterSpec
+    adapter_id: str
+    model: IPAdapterModel
+    patcher: Any
+    uncond_cache: "weakref.WeakKeyDictionary[Any, torch.Tensor]" = field(default_factory=weakref.WeakKeyDictionary)
+    base_uncond: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> "LoadedAdapter":
+        return self
+
+
+_cache: "weakref.WeakValueDictionary[tuple, LoadedAdapter]" = weakref.WeakValueDictionary()
+_cache_lock = threading.Lock()
+
+
+def load_adapter(path: str) -> LoadedAdapter:
+    """Load (or reuse) the adapter at ``path``; cached by real path, size and modification time."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        name = os.path.basename(path)
+        parts = load_adapter_parts(path)
+        spec = detect_spec(parts.image_proj, parts.ip_adapter, name=f"'{name}'")
+        model = IPAdapterModel.from_parts(spec, parts.image_proj, parts.ip_adapter, name=f"'{name}'")
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        adapter = LoadedAdapter(name=name, spec=spec, adapter_id=fingerprint({**parts.image_proj, **parts.ip_adapter}),
+                                model=model, patcher=patcher)
+        _cache[key] = adapter
+        return adapter
+
+
+def projection_device(adapter: LoadedAdapter) -> torch.device:
+    """Load the adapter through ComfyUI's model management and return where its weights now live."""
+    mm.load_model_gpu(adapter.patcher)
+    return next(adapter.model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------- the diffusion model
+
+def model_sites(model_patcher: Any) -> list[Site]:
+    """Every attn2 site of a UNet, in checkpoint order; [] for models without UNet blocks (DiTs)."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    groups = [("input", i, b) for i, b in enumerate(getattr(dm, "input_blocks", []))]
+    if getattr(dm, "middle_block", None) is not None:
+        groups.append(("middle", 0, dm.middle_block))
+    groups += [("output", i, b) for i, b in enumerate(getattr(dm, "output_blocks", []))]
+    sites = []
+    for block, block_id, module in groups:
+        for layer in module:
+            if isinstance(layer, SpatialTransformer):
+                for t, tb in enumerate(layer.transformer_blocks):
+                    if getattr(tb, "attn2", None) is not None:
+                        sites.append(Site(block, block_id, t, int(tb.attn2.to_k.weight.shape[0])))
+    return checkpoint_order(sites)
+
+
+def model_context_dim(model_patcher: Any) -> int | None:
+    """Width of the text context the model's cross-attention reads (768 SD1.5, 2048 SDXL), or None."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    for module in dm.modules():
+        if isinstance(module, SpatialTransformer):
+            for tb in module.transformer_blocks:
+                if getattr(tb, "attn2", None) is not None:
+                    return int(tb.attn2.to_k.weight.shape[1])
+    return None
+
+
+def percent_to_sigma(model_patcher: Any, percent: float) -> float:
+    """ComfyUI's own conversion of a schedule fraction to a sigma (<= 0 -> very large, >= 1 -> 0)."""
+    return float(model_patcher.get_model_object("model_sampling").percent_to_sigma(percent))
+
+
+# ---------------------------------------------------------------------------------------------- CLIP vision
+
+@dataclass(frozen=True)
+class EncoderDims:
+    hidden: int
+    projection: int | None
+    image_size: int
+
+
+def clip_vision_dims(clip_vision: Any) -> EncoderDims:
+    """Widths of a CLIP_VISION without running it."""
+    model = clip_vision.model
+    proj = getattr(model, "visual_projection", None)
+    emb = model.vision_model.embeddings.patch_embedding.weight
+    projection = int(proj.weight.shape[0]) if isinstance(proj, torch.nn.Module) else None
+    return EncoderDims(hidden=int(emb.shape[0]), projection=projection, image_size=int(clip_vision.image_size))
+
+
+def encode_images(clip_vision: Any, images: torch.Tensor, output: str) -> torch.Tensor:
+    """images: IMAGE (B, H, W, 3) -> image_embeds (B, E) or penultimate (B, N, E), float32 on the intermediate device."""
+    out = clip_vision.encode_image(images)
+    key = "image_embeds" if output == "image_embeds" else "penultimate_hidden_states"
+    return out[key].float()
+
+
+def encode_zero_pixels(clip_vision: Any) -> torch.Tensor:
+    """Penultimate states of an all-zero *normalised* image (the reference's uncond for plus / full face): (1, N, E)."""
+    mm.load_model_gpu(clip_vision.patcher)
+    size = int(clip_vision.image_size)
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+    out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+    return out[1].to(mm.intermediate_device()).float()
