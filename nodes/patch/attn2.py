@@ -41,17 +41,17 @@ class AdapterRun:
     def __deepcopy__(self, memo: dict) -> "AdapterRun":
         return self
 
-    def kv(self, site: int, q: torch.Tensor, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """K', w*V' of ``site`` for this batch layout, from the cache after the first call."""
+    def kv(self, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K', w*V' of ``site`` for this batch layout (split into heads), from the cache after the first call."""
         per = q.shape[0] // len(cond_or_uncond)
-        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per)
+        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per, heads)
         hit = self._kv.get(key)
         if hit is None:
             if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                 self._kv.clear()
             model = self.adapter.model
             hit = site_kv(lambda t: model.site_kv(site, t), self.cond, self.uncond, weight=self.weight,
-                          cond_or_uncond=cond_or_uncond, per_chunk=per, device=q.device, dtype=q.dtype)
+                          cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype)
             self._kv[key] = hit
         return hit
 
@@ -88,8 +88,8 @@ class IPAttn2Patch:
                                       transformer_options=extra_options)
         cond_or_uncond = extra_options["cond_or_uncond"]
         for run, site in self.terms:
-            k_ip, v_ip = run.kv(site, q, cond_or_uncond)
-            out = add_image_term(out, q, k_ip, v_ip, heads, _ip_attention(extra_options), run.gate(extra_options, out.dtype))
+            k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond)
+            out = add_image_term(out, q, k_ip, v_ip, run.gate(extra_options, out.dtype))
         return out
 
     def with_term(self, run: AdapterRun, site: int) -> "IPAttn2Patch":
@@ -112,15 +112,6 @@ class IPAttn2Patch:
         if self.inner is not None and hasattr(self.inner, "models"):
             found += self.inner.models()
         return found
-
-
-def _ip_attention(extra_options: dict) -> Callable:
-    precision = extra_options.get("attn_precision")
-
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
-
-    return attention
 
 
 def install(model_patcher: Any, run: AdapterRun, site_keys: list[tuple[str, int, int]]) -> Any:
