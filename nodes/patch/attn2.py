@@ -57,9 +57,9 @@ class AdapterRun:
 
     def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
         """None for the full range; else a (1,1,1) on/off tensor, recomputed only when the step's sigmas change."""
-        if self.full_range:
+        sigmas = extra_options.get("sigmas")
+        if self.full_range or sigmas is None:  # no sigmas: a caller outside ComfyUI's samplers; the term stays on
             return None
-        sigmas = extra_options["sigmas"]
         if self._gate_key is None or self._gate_key[0] is not sigmas or self._gate_key[1] != dtype:
             self._gate = sigma_gate(sigmas, sigma_start=self.sigma_start, sigma_end=self.sigma_end, dtype=dtype)
             self._gate_key = (sigmas, dtype)
