@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
-from .errors import CorruptFileError, NotAnIPAdapterError
+from .errors import CorruptFileError, NotAnIPAdapterError, UnsupportedAdapterError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -95,9 +96,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it references {culprit.group(1)})" if culprit else ""
         raise CorruptFileError(
-            f"'{name}' was refused by safe loading: it contains Python objects other than tensors ({str(e).splitlines()[0]}). "
-            "Only plain weight files are loaded; use the .safetensors version of this adapter."
+            f"'{name}' was refused by safe loading: it contains Python objects other than tensors{what}, which could "
+            "run code. Only plain weight files are loaded; use the .safetensors version of this adapter."
         ) from None
     except Exception as e:
         raise CorruptFileError(f"'{name}' is not a readable torch file ({type(e).__name__}: {e}); download it again.") from None
@@ -121,6 +124,8 @@ def split_parts(state_dict: Mapping[str, torch.Tensor], *, name: str = "the file
 
     Raises NotAnIPAdapterError naming what the file looks like when neither prefix pair is present.
     """
+    if any(k.startswith(("ip_adapter_proj_model.", "double_blocks.")) for k in state_dict):
+        raise UnsupportedAdapterError(f"{name} is an XLabs Flux IP-Adapter; Flux is not supported yet.")
     for proj_prefix, layers_prefix in _PART_PREFIXES:
         proj = {k[len(proj_prefix):]: v for k, v in state_dict.items() if k.startswith(proj_prefix)}
         layers = {k[len(layers_prefix):]: v for k, v in state_dict.items() if k.startswith(layers_prefix)}

@@ -151,7 +151,11 @@ class IPAdapterModel(nn.Module):
             n, _, rest = key.partition(".")
             if n.isdigit() and rest in ("to_k_ip.weight", "to_v_ip.weight"):
                 state[f"sites.{(int(n) - 1) // 2}.{rest}"] = value
-        result = model.load_state_dict(state, strict=False, assign=True)
+        try:
+            result = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as e:  # a tensor whose shape detection did not look at
+            detail = str(e).split("\n\t", 1)[-1].strip()
+            raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
         if result.missing_keys or result.unexpected_keys:
             raise NotAnIPAdapterError(
                 f"{name} does not match the {spec.describe()} layout: missing {result.missing_keys[:4]}, "

@@ -77,6 +77,8 @@ def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str,
     Raises UnsupportedAdapterError for known families this package does not implement (FaceID, XLabs Flux, SD3.5)
     and NotAnIPAdapterError for anything else that does not fit.
     """
+    if "time_embedding.linear_1.weight" in image_proj or any(".norm_ip." in k for k in ip_adapter):
+        raise UnsupportedAdapterError(f"{name} is the InstantX SD3.5 IP-Adapter; SD3.5 is not supported yet.")
     site_dims, ctx = _site_dims(ip_adapter, name)
     if "0.to_q_lora.down.weight" in ip_adapter or "perceiver_resampler.proj_in.weight" in image_proj:
         raise UnsupportedAdapterError(
@@ -84,30 +86,38 @@ def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str,
             "Use a standard, plus or full-face adapter."
         )
     p = image_proj
+
+    def shape(key: str, ndim: int) -> tuple[int, ...]:
+        t = p.get(key)
+        if t is None or t.dim() != ndim:
+            found = "missing" if t is None else f"shaped {tuple(t.shape)}"
+            raise NotAnIPAdapterError(f"{name} has an IP-Adapter layout but 'image_proj.{key}' is {found} "
+                                      f"(expected a {ndim}-D tensor); the file is damaged or not an IP-Adapter.")
+        return tuple(t.shape)
+
     if "proj.weight" in p and "norm.weight" in p:
-        c = p["norm.weight"].shape[0]
-        rows, enc = p["proj.weight"].shape
-        _expect(c == ctx and rows % c == 0, name, f"proj.weight {tuple(p['proj.weight'].shape)} with norm width {c} and context {ctx}")
+        (c,), (rows, enc) = shape("norm.weight", 1), shape("proj.weight", 2)
+        _expect(c == ctx and rows % c == 0, name, f"proj.weight {(rows, enc)} with norm width {c} and context {ctx}")
         return AdapterSpec(kind="base", cross_attention_dim=ctx, encoder_input="image_embeds", encoder_dim=enc,
                            num_tokens=rows // c, site_dims=site_dims)
     if "proj.3.weight" in p and "proj.0.weight" in p:
-        _expect(p["proj.3.weight"].shape[0] == ctx, name, f"proj.3 width {p['proj.3.weight'].shape[0]} vs context {ctx}")
+        (c,), (_, enc) = shape("proj.3.weight", 1), shape("proj.0.weight", 2)
+        _expect(c == ctx, name, f"proj.3 width {c} vs context {ctx}")
         return AdapterSpec(kind="full_face", cross_attention_dim=ctx, encoder_input="penultimate",
-                           encoder_dim=p["proj.0.weight"].shape[1], num_tokens=None, site_dims=site_dims)
+                           encoder_dim=enc, num_tokens=None, site_dims=site_dims)
     if "norm.weight" in p and "proj.2.weight" in p:
         raise UnsupportedAdapterError(f"{name} is an IP-Adapter FaceID / portrait model; FaceID is not supported yet.")
     if "latents" in p and "proj_in.weight" in p:
-        latents = p["latents"]
+        (_, tokens, dim), (_, enc) = shape("latents", 3), shape("proj_in.weight", 2)
+        q_rows, out_rows = shape("layers.0.0.to_q.weight", 2)[0], shape("proj_out.weight", 2)[0]
         depth = len({k.split(".")[1] for k in p if k.startswith("layers.")})
-        dim = latents.shape[2]
-        q_rows = p["layers.0.0.to_q.weight"].shape[0] if "layers.0.0.to_q.weight" in p else 0
-        _expect(latents.dim() == 3 and depth > 0 and q_rows % 64 == 0 and p["proj_out.weight"].shape[0] == ctx,
-                name, f"resampler latents {tuple(latents.shape)}, depth {depth}, to_q rows {q_rows}")
-        if p["proj_in.weight"].shape[1] == 512:
+        _expect(q_rows % 64 == 0 and out_rows == ctx, name,
+                f"resampler latents {(1, tokens, dim)}, depth {depth}, to_q rows {q_rows}, proj_out rows {out_rows}")
+        if enc == 512:
             raise UnsupportedAdapterError(f"{name} is the FaceID portrait (unnorm) model; FaceID is not supported yet.")
-        return AdapterSpec(kind="plus", cross_attention_dim=ctx, encoder_input="penultimate",
-                           encoder_dim=p["proj_in.weight"].shape[1], num_tokens=latents.shape[1], site_dims=site_dims,
-                           resampler_dim=dim, resampler_heads=q_rows // 64, resampler_depth=depth)
+        return AdapterSpec(kind="plus", cross_attention_dim=ctx, encoder_input="penultimate", encoder_dim=enc,
+                           num_tokens=tokens, site_dims=site_dims, resampler_dim=dim, resampler_heads=q_rows // 64,
+                           resampler_depth=depth)
     raise NotAnIPAdapterError(
         f"{name} has IP-Adapter layers but an image projection this package does not recognise "
         f"(keys: {', '.join(sorted(p)[:6])}...)."

@@ -303,8 +303,6 @@ def test_bin_holding_a_tensor_not_a_dict(tmp_path):
         load_adapter_parts(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: checkpoint.split_parts raises NotAnIPAdapterError ('looks like an unknown "
-                   "model') for the XLabs Flux layout before detect_spec can report UnsupportedAdapterError as documented")
 def test_xlabs_flux_adapter_is_reported_as_unsupported(tmp_path):
     # XLabs flux-ip-adapter layout (§1 table, §7): 'ip_adapter_proj_model.*' + 'double_blocks.i.processor.*'.
     # spec.detect_spec's docstring promises UnsupportedAdapterError for XLabs Flux; a user should be told
@@ -375,8 +373,6 @@ def test_pickle_payload_control_really_fires_on_unsafe_load(tmp_path):
     assert os.path.exists(marker)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: checkpoint.read_state_dict copies the first line of torch's UnpicklingError "
-                   "into the message, including ANSI escapes '\\x1b[1m...\\x1b[0m' and torch's 'This file can still be loaded' hint")
 def test_refusal_message_is_plain_text(tmp_path):
     # The message is shown in the ComfyUI UI: no terminal escape codes copied from torch's own error text.
     path, _ = _malicious(tmp_path, _OpenPayload, True)

@@ -187,13 +187,7 @@ def _inconsistent():
     }
 
 
-SIZE_MISMATCH_BUG = ("BUG: projection.py:154 IPAdapterModel.from_parts lets load_state_dict raise a plain RuntimeError "
-                     "('size mismatch ...') instead of NotAnIPAdapterError for tensors whose shape disagrees with the spec")
-
-
-@pytest.mark.parametrize("case", [c if c == "missing ff weight" else
-                                  pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=SIZE_MISMATCH_BUG))
-                                  for c in sorted(_inconsistent())])
+@pytest.mark.parametrize("case", sorted(_inconsistent()))
 def test_from_parts_rejects_inconsistent_tensors_with_typed_error(case):
     from ip_adapter_core.errors import NotAnIPAdapterError
 

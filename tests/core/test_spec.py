@@ -266,8 +266,6 @@ def _sd35_instantx():
     return p, ip
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spec._site_dims rejects the SD3.5 layout (layers numbered 0..37) with "
-                   "NotAnIPAdapterError before the documented UnsupportedAdapterError for SD3.5 can be raised")
 def test_sd35_instantx_is_reported_as_unsupported():
     # detect_spec's docstring: "Raises UnsupportedAdapterError for known families this package does not implement
     # (FaceID, XLabs Flux, SD3.5)". The user should learn it is an SD3.5 adapter, not that the file is broken.
@@ -293,19 +291,7 @@ def _damaged():
     }
 
 
-DAMAGED_BUGS = {
-    "plus without proj_out.weight": "BUG: spec.py:104 indexes p['proj_out.weight'] without checking it exists -> KeyError",
-    "plus with 2-D latents": "BUG: spec.py:102 reads latents.shape[2] before the latents.dim() == 3 check -> IndexError",
-    "plus without layers.0.0.to_q.weight": "BUG: spec.py:103 uses q_rows = 0 when to_q is missing; 0 % 64 == 0 "
-                                           "passes the check and the spec gets resampler_heads = 0",
-    "base with 3-D proj.weight": "BUG: spec.py:89 unpacks proj.weight.shape into two names -> plain ValueError",
-    "base with 1-D proj.weight": "BUG: spec.py:89 unpacks proj.weight.shape into two names -> plain ValueError",
-    "base with 0-D norm.weight": "BUG: spec.py:88 reads norm.weight.shape[0] of a 0-d tensor -> IndexError",
-}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=DAMAGED_BUGS[c]))
-                                  if c in DAMAGED_BUGS else c for c in sorted(_damaged())])
+@pytest.mark.parametrize("case", sorted(_damaged()))
 def test_damaged_layout_raises_typed_error(case):
     p, ip = _damaged()[case]
     with pytest.raises(NotAnIPAdapterError):
