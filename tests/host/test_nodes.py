@@ -1,0 +1,154 @@
+"""The node classes run as ComfyUI runs them (NODE_CLASS_MAPPINGS of ComfyUI's nodes module, FUNCTION with keyword
+inputs), with files found through folder_paths. Equalities here are bit for bit (same code path, same inputs)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+IPA_NODES = ("IPA_ModelLoader", "IPA_Encode", "IPA_Apply", "IPA_ApplySimple")
+
+
+@pytest.fixture(scope="module")
+def model(make_sd15_model):
+    return make_sd15_model(0)
+
+
+@pytest.fixture(scope="module")
+def cv(make_clip_vision):
+    return make_clip_vision()
+
+
+@pytest.fixture(scope="module")
+def adapters(make_adapter_file, model, cv, pack_module, tmp_path_factory):
+    """kind -> LoadedAdapter for the tiny SD1.5 model and the default tiny CLIP vision."""
+    host = pack_module("nodes.patch.host")
+    d = tmp_path_factory.mktemp("nodes")
+    return {kind: host.load_adapter(make_adapter_file(d, kind, model, cv, seed=i))
+            for i, kind in enumerate(("base", "plus", "full_face"))}
+
+
+# --------------------------------------------------------------------------------------------- loader
+
+@pytest.mark.parametrize("kind, fmt, words", [
+    ("base", "safetensors", ("Base", "SD1.5", "4 tokens")),
+    ("plus", "bin", ("Plus", "SD1.5", "8 tokens")),
+    ("full_face", "safetensors", ("Full face", "SD1.5", "one token per ViT patch")),
+])
+def test_loader_finds_file_through_folder_paths_and_describes_it(ipadapter_dir, comfy_nodes, run_node,
+                                                                 make_adapter_file, model, cv, kind, fmt, words):
+    sub = ipadapter_dir / f"loader_{kind}"
+    sub.mkdir()
+    make_adapter_file(sub, kind, model, cv, name=f"tiny_{kind}.{fmt}", fmt=fmt)
+    (sub / "notes.txt").write_text("not a model")
+    name = f"loader_{kind}/tiny_{kind}.{fmt}"
+    choices = comfy_nodes.NODE_CLASS_MAPPINGS["IPA_ModelLoader"].INPUT_TYPES()["required"]["ipadapter_file"][0]
+    assert name in choices
+    assert f"loader_{kind}/notes.txt" not in choices
+
+    out = run_node("IPA_ModelLoader", ipadapter_file=name)
+    adapter = out["result"][0]
+    text = " ".join(out["ui"]["text"])
+    for word in words:
+        assert word in text, f"{word!r} not in the loader's ui text {text!r}"
+    assert adapter.spec.kind == kind
+    needs = "40-wide image embeds" if kind == "base" else "48-wide hidden states"
+    assert needs in text, f"the ui text should say which encoder the adapter needs: {text!r}"
+
+    again = run_node("IPA_ModelLoader", ipadapter_file=name)["result"][0]
+    assert again is adapter, "loading the same file twice must return the shared adapter"
+
+
+def test_register_folder_keeps_paths_from_extra_model_paths(comfyui_path, pack_module, monkeypatch, tmp_path):
+    """extra_model_paths.yaml is read before custom nodes load; registering must keep its ipadapter path."""
+    import importlib.util
+
+    import folder_paths
+
+    # by file: ComfyUI puts comfy/ on sys.path, where "utils" is comfy/utils.py
+    spec = importlib.util.spec_from_file_location("comfyui_extra_config",
+                                                  os.path.join(comfyui_path, "utils", "extra_config.py"))
+    extra_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extra_config)
+    loader = pack_module("nodes.loader")
+    extra = tmp_path / "my_ipadapters"
+    extra.mkdir()
+    yaml_path = tmp_path / "extra_model_paths.yaml"
+    yaml_path.write_text(f"test:\n  base_path: {tmp_path}\n  ipadapter: my_ipadapters\n")
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter")
+    monkeypatch.delitem(folder_paths.filename_list_cache, "ipadapter", raising=False)
+
+    extra_config.load_extra_path_config(str(yaml_path))
+    assert folder_paths.folder_names_and_paths["ipadapter"][0] == [str(extra)]
+    loader.register_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["ipadapter"]
+    assert str(extra) in paths
+    assert extensions == folder_paths.supported_pt_extensions
+
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter")
+    loader.register_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["ipadapter"]
+    assert paths == [os.path.join(folder_paths.models_dir, "ipadapter")]
+    assert extensions == folder_paths.supported_pt_extensions
+
+
+# --------------------------------------------------------------------------------------------- encode / apply
+
+@pytest.mark.parametrize("kind", ["base", "plus", "full_face"])
+def test_every_kind_encodes_applies_and_samples(adapters, model, cv, run_node, make_image, sample, kind):
+    adapter = adapters[kind]
+    image = make_image(1, batch=2)
+    embeds = run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=image)[0]
+    tokens = {"base": 4, "plus": 8, "full_face": 17}[kind]
+    assert embeds.cond.shape == (2, tokens, 768) and embeds.uncond.shape == (1, tokens, 768)
+    patched = run_node("IPA_Apply", model=model, ipadapter=adapter, weight=1.0, start_at=0.0, end_at=1.0,
+                       embeds=embeds)[0]
+    out = sample(patched, steps=2)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, sample(model, steps=2), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["base", "plus"])
+def test_encode_then_apply_equals_apply_simple(adapters, model, cv, run_node, make_image, sample, kind):
+    adapter = adapters[kind]
+    image = make_image(2)
+    settings = dict(weight=0.8, start_at=0.0, end_at=0.9)
+    embeds = run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=image)[0]
+    two_nodes = run_node("IPA_Apply", model=model, ipadapter=adapter, embeds=embeds, **settings)[0]
+    simple = run_node("IPA_ApplySimple", model=model, ipadapter=adapter, clip_vision=cv, image=image, **settings)[0]
+    direct = run_node("IPA_Apply", model=model, ipadapter=adapter, image=image, clip_vision=cv, **settings)[0]
+    reference = sample(two_nodes, steps=2)
+    assert torch.equal(sample(simple, steps=2), reference)
+    assert torch.equal(sample(direct, steps=2), reference)
+
+
+@pytest.mark.parametrize("kind", ["base", "plus"])
+def test_rgba_and_gray_images_give_the_tokens_of_their_rgb_version(adapters, cv, run_node, make_image, kind):
+    adapter = adapters[kind]
+
+    def tokens(image):
+        return run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=image)[0].cond
+
+    rgb = make_image(3)
+    alpha = make_image(4, channels=1)
+    assert torch.equal(tokens(torch.cat((rgb, alpha), dim=-1)), tokens(rgb))
+    gray = make_image(5, channels=1)
+    gray_rgb = tokens(gray.expand(-1, -1, -1, 3).contiguous())
+    assert torch.equal(tokens(gray), gray_rgb)
+    assert torch.equal(tokens(torch.cat((gray, alpha), dim=-1)), gray_rgb)
+    assert not torch.equal(gray_rgb, tokens(rgb))
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+@pytest.mark.parametrize("node_id", IPA_NODES)
+def test_every_input_has_a_tooltip(comfy_nodes, node_id):
+    cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+    assert inputs
+    for name, definition in inputs.items():
+        assert len(definition) >= 2 and isinstance(definition[1], dict), f"{node_id}.{name} has no options dict"
+        assert str(definition[1].get("tooltip", "")).strip(), f"{node_id}.{name} has no tooltip"
+    assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id)
