@@ -1,0 +1,407 @@
+"""Run a workflow through a real, headless ComfyUI server with this pack loaded, and fetch its images.
+
+Library:
+    from run_workflow import ComfyServer
+    with ComfyServer(models_dir=".standins/models", helper_nodes=True) as server:
+        status, images = server.queue(api_graph)          # "success", [numpy uint8 (H, W, 3), ...]
+
+CLI (the demo uses this):
+    python scripts/run_workflow.py example_workflows/ipadapter_simple.json --out out/demo.png \\
+        [--weight0-out out/demo_weight0.png] [--models auto|real|standins] [--set CLASS.input=VALUE ...]
+        [--comfyui PATH] [--device cpu|auto] [--timeout S] [--keep-workdir]
+
+The server is started as ``python main.py --cpu --listen 127.0.0.1 --port <free port> --extra-model-paths-config
+<yaml> --input-directory <d> --output-directory <d> --disable-metadata`` (plus user/temp folders and an in-memory
+database in a scratch folder, so nothing is written into the ComfyUI tree). The yaml adds the models folder
+(``base_path``: checkpoints, clip_vision, ipadapter) and a custom_nodes folder holding a symlink
+``comfyui_ip_adapter`` -> this repository (and, with the stand-ins, the test-only helper_nodes pack).
+The server is always stopped by its PID at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import requests
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)
+from comfyui_env import find_comfyui  # noqa: E402
+import standins  # noqa: E402
+import workflow_convert as wc  # noqa: E402
+
+PACK_LINK = "comfyui_ip_adapter"
+HELPER_NODES = os.path.join(REPO, "tests", "host", "helper_nodes")
+HELPER_LINK = "ipa_test_helper_nodes"
+CHECK_NODE = "IPA_ApplySimple"
+REFERENCE_IMAGE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    """The outcome of one prompt. Unpacks as ``status, images = run``."""
+
+    status: str                      # "success", "error" (execution failed) or "invalid" (rejected by validation)
+    images: list[np.ndarray]         # uint8 (H, W, 3), in output-node order
+    prompt_id: str = ""
+    error: str = ""                  # readable error (validation or execution), "" on success
+    cached_nodes: list[str] = field(default_factory=list)
+    history: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.status, self.images))
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the process that started it dies without stopping it (a CI timeout's
+    SIGKILL, say), so no server outlives its harness."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A ComfyUI server process with this pack loaded; a context manager that always stops it."""
+
+    def __init__(self, comfyui: str | None = None, *, models_dir: str | None = None, helper_nodes: bool = False,
+                 cpu: bool = True, port: int | None = None, workdir: str | None = None,
+                 startup_timeout: float = 300.0, extra_args: tuple[str, ...] = (), quiet: bool = False):
+        if comfyui is None:
+            comfyui, why = find_comfyui()
+            if comfyui is None:
+                raise ServerError(why)
+        self.comfyui = comfyui
+        self.models_dir = os.path.abspath(models_dir) if models_dir else None
+        self.helper_nodes = helper_nodes
+        self.cpu = cpu
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._own_workdir = workdir is None
+        self.workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="ipa_comfy_"))
+        self.input_dir = os.path.join(self.workdir, "input")
+        self.output_dir = os.path.join(self.workdir, "output")
+        self.log_path = os.path.join(self.workdir, "server.log")
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.quiet = quiet
+        self.proc: subprocess.Popen | None = None
+        self.session = requests.Session()
+        self.keep_workdir = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "ComfyServer":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def write_config(self) -> str:
+        """Scratch folders, the custom_nodes folder with its symlinks, and the extra_model_paths yaml."""
+        nodes_dir = os.path.join(self.workdir, "custom_nodes")
+        for d in (self.input_dir, self.output_dir, nodes_dir, os.path.join(self.workdir, "user")):
+            os.makedirs(d, exist_ok=True)
+        links = {PACK_LINK: REPO}
+        if self.helper_nodes:
+            links[HELPER_LINK] = HELPER_NODES
+        for name, target in links.items():
+            link = os.path.join(nodes_dir, name)
+            if not os.path.islink(link):
+                os.symlink(target, link)
+        lines = ["ipa_harness:"]
+        if self.models_dir:
+            lines += [f"    base_path: {json.dumps(self.models_dir)}", "    checkpoints: checkpoints",
+                      "    clip_vision: clip_vision", "    ipadapter: ipadapter"]
+        lines.append(f"    custom_nodes: {json.dumps(nodes_dir)}")
+        yaml_path = os.path.join(self.workdir, "extra_model_paths.yaml")
+        with open(yaml_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return yaml_path
+
+    def command(self, yaml_path: str) -> list[str]:
+        cmd = [sys.executable, "main.py"] + (["--cpu"] if self.cpu else [])
+        cmd += ["--listen", "127.0.0.1", "--port", str(self.port), "--extra-model-paths-config", yaml_path,
+                "--input-directory", self.input_dir, "--output-directory", self.output_dir, "--disable-metadata",
+                "--user-directory", os.path.join(self.workdir, "user"), "--temp-directory", self.workdir,
+                "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
+        return cmd + list(self.extra_args)
+
+    def start(self) -> None:
+        yaml_path = self.write_config()
+        cmd = self.command(yaml_path)
+        self._say(f"starting ComfyUI ({self.comfyui}) on {self.url}; log: {self.log_path}")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        t0 = time.time()
+        while True:
+            if self.proc.poll() is not None:
+                raise ServerError(f"ComfyUI exited with code {self.proc.returncode} during start-up.\n"
+                                  f"--- server log tail ---\n{self.log_tail()}")
+            try:
+                if self.session.get(self.url + "/system_stats", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() - t0 > self.startup_timeout:
+                raise ServerError(f"ComfyUI did not answer /system_stats within {self.startup_timeout:.0f} s.\n"
+                                  f"--- server log tail ---\n{self.log_tail()}")
+            time.sleep(0.5)
+        self.startup_seconds = time.time() - t0
+        if CHECK_NODE not in self.object_info(CHECK_NODE):
+            raise ServerError(f"the pack did not load: /object_info/{CHECK_NODE} is empty, so its import failed.\n"
+                              f"--- server log tail ---\n{self.log_tail()}")
+        self._say(f"ComfyUI ready in {self.startup_seconds:.1f} s (pid {self.proc.pid})")
+
+    def stop(self) -> None:
+        """Stop the server by its PID (SIGTERM, then SIGKILL after 15 s); remove the scratch folder."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+        self.session.close()
+        if self._own_workdir and not self.keep_workdir and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ queries
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def object_info(self, node_class: str | None = None) -> dict:
+        path = "/object_info" + (f"/{node_class}" if node_class else "")
+        r = self.session.get(self.url + path, timeout=120)
+        r.raise_for_status()
+        return r.json()
+
+    def copy_input(self, path: str, name: str | None = None) -> str:
+        """Copy a file into the server's input folder; returns the name LoadImage uses."""
+        name = name or os.path.basename(path)
+        shutil.copyfile(path, os.path.join(self.input_dir, name))
+        return name
+
+    def free(self, settle: float = 2.0) -> None:
+        """POST /free: unload models and drop the execution cache (the worker applies it when idle)."""
+        self.session.post(self.url + "/free", json={"unload_models": True, "free_memory": True}, timeout=30)
+        time.sleep(settle)
+
+    def convert(self, workflow: dict) -> dict:
+        """UI-format (or API-format) workflow -> API graph, using this server's /object_info."""
+        return wc.to_api(workflow, self.object_info())
+
+    def queue(self, graph: dict, *, timeout: float = 900.0, client_id: str | None = None) -> Run:
+        """POST the API graph, wait for it (polling /history), and fetch its images via /view."""
+        t0 = time.time()
+        body = {"prompt": graph, "client_id": client_id or uuid.uuid4().hex, "prompt_id": str(uuid.uuid4())}
+        r = self.session.post(self.url + "/prompt", json=body, timeout=60)
+        if r.status_code != 200:
+            return Run("invalid", [], body["prompt_id"], error=_validation_message(r), seconds=time.time() - t0)
+        pid = r.json()["prompt_id"]
+        while True:
+            entry = self.session.get(f"{self.url}/history/{pid}", timeout=30).json().get(pid)
+            state = (entry or {}).get("status", {})
+            if state.get("completed") or state.get("status_str") == "error":
+                break
+            if self.proc is None or self.proc.poll() is not None:
+                raise ServerError(f"ComfyUI died while running prompt {pid}.\n{self.log_tail()}")
+            if time.time() - t0 > timeout:
+                self.session.post(self.url + "/interrupt", timeout=10)
+                raise TimeoutError(f"prompt {pid} did not finish within {timeout:.0f} s.\n{self.log_tail()}")
+            time.sleep(0.25)
+        messages = state.get("messages", [])
+        cached = [n for kind, data in messages if kind == "execution_cached" for n in data.get("nodes", [])]
+        images = [self.view(img) for out in entry.get("outputs", {}).values() for img in out.get("images", [])]
+        return Run(state.get("status_str", "unknown"), images, pid, error=_execution_message(messages),
+                   cached_nodes=cached, history=entry, seconds=time.time() - t0)
+
+    def view(self, ref: dict) -> np.ndarray:
+        from PIL import Image
+
+        params = {"filename": ref["filename"], "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}
+        r = self.session.get(self.url + "/view", params=params, timeout=60)
+        r.raise_for_status()
+        return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+
+
+def _validation_message(r: requests.Response) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return f"HTTP {r.status_code}: {r.text[:2000]}"
+    err = data.get("error") or {}
+    parts = [f"HTTP {r.status_code}: {err.get('message', '')} {err.get('details', '')}"]
+    for node_id, info in (data.get("node_errors") or {}).items():
+        for e in info.get("errors", []):
+            parts.append(f"  node {node_id} ({info.get('class_type')}): {e.get('message')}: {e.get('details')}")
+    return "\n".join(parts)
+
+
+def _execution_message(messages: list) -> str:
+    for kind, data in messages:
+        if kind == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
+                    f"{data.get('exception_message')}\n{''.join(data.get('traceback') or [])}")
+    return ""
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images, on the 0-255 scale."""
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def real_models_missing(comfyui: str, workflow: dict) -> list[str]:
+    """The workflow's model files that are not in ComfyUI's own models/<folder>/ directories."""
+    return [f"models/{folder}/{name}" for folder, name in wc.model_files(workflow)
+            if not os.path.isfile(os.path.join(comfyui, "models", folder, name))]
+
+
+def _parse_set(items: list[str]) -> list[tuple[str, str, Any]]:
+    out = []
+    for item in items:
+        key, eq, raw = item.partition("=")
+        cls, dot, name = key.partition(".")
+        if not (eq and dot and cls and name):
+            raise SystemExit(f"--set expects CLASS.input=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.append((cls, name, value))
+    return out
+
+
+def _save_png(image: np.ndarray, path: str) -> str:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+    return os.path.abspath(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run a workflow (UI or API format) through a headless ComfyUI server.")
+    ap.add_argument("workflow", help="workflow .json (UI format as saved by the editor, or API format)")
+    ap.add_argument("--out", default=os.path.join(REPO, "out", "result.png"), help="first image goes here")
+    ap.add_argument("--weight0-out", help="also run with every IPA apply weight at 0, save that image here and "
+                                          "print the mean abs pixel difference")
+    ap.add_argument("--models", choices=("auto", "real", "standins"), default="auto",
+                    help="auto: the real files if ComfyUI's models folders hold them all, else random stand-ins")
+    ap.add_argument("--models-dir", default=standins.DEFAULT_MODELS_DIR, help="where the stand-ins live")
+    ap.add_argument("--image", default=REFERENCE_IMAGE, help="copied into the input folder for LoadImage")
+    ap.add_argument("--set", action="append", default=[], metavar="CLASS.input=VALUE",
+                    help="set an input on every node of that class (JSON value), e.g. IPA_ApplySimple.weight=0.5")
+    ap.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
+    ap.add_argument("--device", choices=("cpu", "auto"), default=None,
+                    help="cpu: pass --cpu (default with stand-ins); auto: let ComfyUI pick (default with real models)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per prompt")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep the scratch folder (log, outputs)")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind the with-block, which stops the server
+
+    comfyui, why = (args.comfyui, "--comfyui") if args.comfyui else find_comfyui()
+    if comfyui is None:
+        print(f"ERROR: {why}. Install ComfyUI at ~/ComfyUI or set COMFYUI_PATH.", file=sys.stderr)
+        return 1
+    with open(args.workflow) as f:
+        workflow = json.load(f)
+    missing = real_models_missing(comfyui, workflow)
+    use_standins = args.models == "standins" or (args.models == "auto" and missing)
+    if args.models == "real" and missing:
+        print(f"ERROR: real models missing: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if use_standins:
+        print("=" * 100)
+        print("Real models not found" + (f" (missing: {', '.join(missing)})" if missing else "") + ".")
+        print(f"Using RANDOM-WEIGHT STAND-INS from {args.models_dir}: this checks the pipeline, the image is noise.")
+        print("=" * 100, flush=True)
+        standins.ensure(args.models_dir, comfyui=comfyui)
+    else:
+        print(f"Using the real models from {comfyui}/models: {', '.join(n for _, n in wc.model_files(workflow))}")
+    device = args.device or ("cpu" if use_standins else "auto")
+
+    server = ComfyServer(comfyui, models_dir=args.models_dir if use_standins else None, helper_nodes=bool(use_standins),
+                         cpu=device == "cpu")
+    server.keep_workdir = args.keep_workdir
+    with server:
+        if args.image and os.path.isfile(args.image):
+            server.copy_input(args.image)
+        graph = server.convert(workflow)
+        if use_standins:
+            graph = wc.use_standins(graph)
+        for cls, name, value in _parse_set(args.set):
+            graph = wc.set_inputs(graph, cls, **{name: value})
+        runs = [("result", graph, args.out)]
+        if args.weight0_out:
+            runs.append(("weight 0", wc.set_adapter_weight(graph, 0.0), args.weight0_out))
+        images = []
+        for label, g, out in runs:
+            run = server.queue(g, timeout=args.timeout)
+            if run.status != "success" or not run.images:
+                print(f"ERROR: {label}: status {run.status}, {len(run.images)} images\n{run.error}", file=sys.stderr)
+                print(f"--- server log tail ---\n{server.log_tail()}", file=sys.stderr)
+                return 1
+            print(f"{label}: {run.status} in {run.seconds:.1f} s -> {_save_png(run.images[0], out)}")
+            images.append(run.images[0])
+        if len(images) == 2:
+            weights = sorted({n["inputs"].get("weight") for n in wc.nodes_of(graph, *wc.ADAPTER_CLASSES)}, key=str)
+            print(f"mean abs pixel difference, IPA weight {'/'.join(map(str, weights))} vs weight 0: "
+                  f"{mean_abs_diff(images[0], images[1]):.2f} (0-255 scale)")
+        if args.keep_workdir:
+            print(f"scratch folder kept: {server.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

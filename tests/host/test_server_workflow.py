@@ -1,0 +1,191 @@
+"""Every example workflow, run end to end through a real ComfyUI server (HTTP /prompt) on random stand-in models.
+
+The server is started once for the module (scripts/run_workflow.ComfyServer) with this pack and the test-only
+helper nodes as custom node folders; the stand-ins are generated once and cached in <repo>/.standins/.
+Skipped, with the reason, when no ComfyUI is found (scripts/comfyui_env.find_comfyui).
+
+The first tests check the example files themselves and need no ComfyUI.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.join(REPO, "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+import standins  # noqa: E402
+import workflow_convert as wc  # noqa: E402
+from comfyui_env import find_comfyui  # noqa: E402
+
+EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
+SIMPLE = os.path.join(REPO, "example_workflows", "ipadapter_simple.json")
+REFERENCE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
+PACK_NODES = ("IPA_ModelLoader", "IPA_Encode", "IPA_Apply", "IPA_ApplySimple")
+# weight 1 vs weight 0 on the stand-ins: measured ~40 (0-255 scale); anything above 2 shows the adapter acts.
+MIN_WEIGHT_EFFECT = 2.0
+PROMPT_TIMEOUT = 600.0
+
+pytestmark = pytest.mark.slow
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------- no ComfyUI needed
+
+def test_examples_exist():
+    names = [os.path.basename(p) for p in EXAMPLES]
+    assert "ipadapter_simple.json" in names and "ipadapter_encode_apply.json" in names, names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_example_is_ui_format_with_real_file_names(path):
+    """The template browser opens the UI ("workflow") format; loaders name the published files."""
+    wf = _load(path)
+    assert wc.is_ui_format(wf), f"{path} is not a UI-format workflow (nodes + links)"
+    files = dict(wc.model_files(wf))
+    assert files["checkpoints"] == "v1-5-pruned-emaonly.safetensors"
+    assert files["clip_vision"] == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    assert files["ipadapter"].startswith("ip-adapter")
+    images = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "LoadImage"]
+    assert images and all(os.path.isfile(os.path.join(REPO, "example_workflows", i)) for i in images), images
+    assert os.path.getsize(REFERENCE) < 100_000
+
+
+def test_convert_maps_widgets_and_skips_frontend_values():
+    """control_after_generate after the seed and the upload button after LoadImage's file are not inputs."""
+    info = {
+        "KSampler": {"input": {"required": {
+            "model": ["MODEL"], "seed": ["INT", {"control_after_generate": True}], "steps": ["INT", {}],
+            "cfg": ["FLOAT", {}], "sampler_name": [["euler", "dpmpp_2m"]], "scheduler": [["normal", "karras"]],
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "latent_image": ["LATENT"],
+            "denoise": ["FLOAT", {}]}},
+            "input_order": {"required": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive",
+                                         "negative", "latent_image", "denoise"]}},
+        "LoadImage": {"input": {"required": {"image": [["a.png"], {"image_upload": True}]}}},
+    }
+    wf = {"nodes": [
+        {"id": 3, "type": "KSampler", "mode": 0, "widgets_values": [7, "randomize", 20, 6.5, "dpmpp_2m", "karras", 1.0],
+         "inputs": [{"name": "model", "link": 1}]},
+        {"id": 6, "type": "LoadImage", "mode": 0, "widgets_values": ["a.png", "image"], "inputs": []},
+        {"id": 9, "type": "MarkdownNote", "mode": 0, "widgets_values": ["text"]},
+        {"id": 10, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "link": 2}]},
+        {"id": 11, "type": "CheckpointLoaderSimple", "mode": 0, "widgets_values": ["m.safetensors"], "inputs": []},
+    ], "links": [[1, 10, 0, 3, 0, "MODEL"], [2, 11, 0, 10, 0, "MODEL"]]}
+    info["CheckpointLoaderSimple"] = {"input": {"required": {"ckpt_name": [["m.safetensors"]]}}}
+    api = wc.to_api(wf, info)
+    assert set(api) == {"3", "6", "11"}
+    assert api["3"]["inputs"] == {"seed": 7, "steps": 20, "cfg": 6.5, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+                                  "denoise": 1.0, "model": ["11", 0]}
+    assert api["6"]["inputs"] == {"image": "a.png"}
+
+
+# ---------------------------------------------------------------------------------------------- the real server
+
+@pytest.fixture(scope="module")
+def comfyui() -> str:
+    path, why = find_comfyui()
+    if path is None:
+        msg = f"host server tests SKIPPED: {why}. Set COMFYUI_PATH or install ComfyUI at ~/ComfyUI to run them."
+        print(f"\n{msg}", file=sys.stderr)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(comfyui) -> str:
+    """Random stand-ins, generated in a child process (keeps comfy out of this interpreter), cached in .standins/."""
+    if not standins.is_fresh():
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui], check=True,
+                       timeout=900)
+    return standins.DEFAULT_MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def server(comfyui, models_dir):
+    from run_workflow import ComfyServer
+
+    with ComfyServer(comfyui, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
+        srv.copy_input(REFERENCE)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def simple_graph(server) -> dict:
+    return wc.use_standins(server.convert(_load(SIMPLE)))
+
+
+def _run_ok(server, graph: dict):
+    run = server.queue(graph, timeout=PROMPT_TIMEOUT)
+    assert run.status == "success", f"status {run.status}: {run.error}\n--- server log tail ---\n{server.log_tail()}"
+    assert run.images, f"no image came back; outputs: {run.history.get('outputs')}"
+    return run
+
+
+def test_pack_imported_cleanly(server):
+    log = server.log_text()
+    ours = ("comfyui_ip_adapter", "ipa_test_helper_nodes")
+    bad = [line for line in log.splitlines()
+           if ("IMPORT FAILED" in line or "Cannot import" in line) and any(name in line for name in ours)]
+    assert not bad, "the pack failed to import:\n" + "\n".join(bad)
+    info = server.object_info()
+    missing = [n for n in PACK_NODES + ("IPATest_CLIPVisionLoaderJSON",) if n not in info]
+    assert not missing, f"nodes missing from /object_info: {missing}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_example_workflow_runs(server, path):
+    graph = wc.use_standins(server.convert(_load(path)))
+    assert wc.nodes_of(graph, *wc.ADAPTER_CLASSES), "the example applies no adapter"
+    run = _run_ok(server, graph)
+    assert run.images[0].shape == (64, 64, 3)
+
+
+def test_simple_weight_changes_the_image(server, simple_graph):
+    from run_workflow import mean_abs_diff
+
+    one = _run_ok(server, wc.set_adapter_weight(simple_graph, 1.0)).images[0]
+    zero = _run_ok(server, wc.set_adapter_weight(simple_graph, 0.0)).images[0]
+    diff = mean_abs_diff(one, zero)
+    assert diff > MIN_WEIGHT_EFFECT, f"weight 1 vs 0: mean abs pixel difference {diff:.3f} <= {MIN_WEIGHT_EFFECT}"
+
+
+def _without_adapters(graph: dict) -> dict:
+    """Copy whose samplers take the model from before the first IPA apply node (the unpatched model)."""
+    out = json.loads(json.dumps(graph))
+    for node in wc.nodes_of(out, "KSampler"):
+        src = node["inputs"]["model"]
+        while out[src[0]]["class_type"] in wc.ADAPTER_CLASSES:
+            src = out[src[0]]["inputs"]["model"]
+        node["inputs"]["model"] = src
+    return out
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_weight0_equals_the_unpatched_model(server, path):
+    """Every adapter at weight 0 gives exactly the pixels of the same graph without the adapters."""
+    graph = wc.use_standins(server.convert(_load(path)))
+    plain = _run_ok(server, _without_adapters(graph)).images[0]
+    zero = _run_ok(server, wc.set_adapter_weight(graph, 0.0)).images[0]
+    assert (plain == zero).all(), f"weight 0 changed the image (max abs diff {abs(plain.astype(int) - zero).max()})"
+
+
+def test_simple_rerun_is_identical(server, simple_graph):
+    """Same prompt again, from another client after POST /free (nothing cached): the very same pixels."""
+    graph = wc.set_adapter_weight(simple_graph, 1.0)
+    first = _run_ok(server, graph)
+    server.free()
+    second = server.queue(graph, timeout=PROMPT_TIMEOUT, client_id="rerun-after-free")
+    assert second.status == "success", second.error
+    sampler = [nid for nid, n in graph.items() if n["class_type"] == "KSampler"]
+    assert not set(sampler) & set(second.cached_nodes), f"the sampler was served from cache: {second.cached_nodes}"
+    assert (first.images[0] == second.images[0]).all(), "re-running the same prompt changed the image"
