@@ -7,6 +7,7 @@ import torch
 
 from ..ip_adapter_core.compat import check_encoder, prepare_images
 from ..ip_adapter_core.embeds import ImageTokens
+from ..ip_adapter_core.errors import InputError
 from .common import ADAPTER_IN, CATEGORY, CLIP_VISION_IN, EMBEDS, IMAGE_IN, reports
 from .patch.host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
 
@@ -17,7 +18,7 @@ def encode(adapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor, *, whe
     plus / full face) and are computed once per adapter and encoder."""
     spec = adapter.spec
     if clip_vision is None:
-        raise ValueError(f"{where}: input 'clip_vision' is missing; an image needs a CLIP vision encoder "
+        raise InputError(f"{where}: input 'clip_vision' is missing; an image needs a CLIP vision encoder "
                          f"(this adapter needs {spec.encoder_name}).")
     images = prepare_images(image, where=f"{where}, input 'image'")
     dims = clip_vision_dims(clip_vision)

@@ -102,8 +102,6 @@ def test_wrong_clip_vision_width(errors, host, run_node, make_adapter_file, make
            "IPA Apply", "'clip_vision'", found, expected, kind="IncompatibleError")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: nodes/encode.py raises a plain ValueError (not the typed InputError) "
-                                       "when 'clip_vision' is missing")
 def test_missing_clip_vision_is_a_typed_error(errors, run_node, sd15, sd15_adapter, image):
     raises(errors, apply_node(run_node, sd15, sd15_adapter, image=image),
            "IPA Apply", "'clip_vision'", "missing", kind="InputError")
