@@ -1,0 +1,60 @@
+"""Every node is documented where ComfyUI users look: a help page in web/docs/, a tooltip per input, a README row."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _pack_nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+def test_every_node_has_a_help_page_naming_each_input(pack):
+    for node_id, cls in _pack_nodes(pack).items():
+        page = os.path.join(ROOT, "web", "docs", f"{node_id}.md")
+        assert os.path.isfile(page), f"{node_id} has no help page at web/docs/{node_id}.md"
+        text = open(page, encoding="utf-8").read()
+        inputs = {**cls.INPUT_TYPES().get("required", {}), **cls.INPUT_TYPES().get("optional", {})}
+        missing = [name for name in inputs if f"**{name}**" not in text]
+        assert not missing, f"web/docs/{node_id}.md does not describe inputs {missing}"
+
+
+def test_readme_lists_every_node_and_the_two_commands(pack):
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    for node_id, cls in _pack_nodes(pack).items():
+        assert f"`{node_id}`" in readme and cls.DISPLAY_NAME in readme, f"README does not list {node_id}"
+    assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
+
+
+def test_node_ids_are_prefixed_and_categorised(pack):
+    for node_id, cls in _pack_nodes(pack).items():
+        assert node_id.startswith("IPA_"), node_id
+        assert cls.CATEGORY.startswith("ip-adapter"), (node_id, cls.CATEGORY)
+        assert cls.DESCRIPTION, node_id
+
+
+def _signature(cls):
+    spec = cls.INPUT_TYPES()
+
+    def entries(group):
+        return [[name, "COMBO" if isinstance(d[0], list) else d[0]] for name, d in spec.get(group, {}).items()]
+
+    return {"category": cls.CATEGORY, "required": entries("required"), "optional": entries("optional"),
+            "returns": list(cls.RETURN_TYPES)}
+
+
+def test_public_api_is_never_broken(pack):
+    """Node IDs, input names/order/types and socket types recorded in public_api.json still exist unchanged;
+    new nodes may appear and new optional inputs may be appended."""
+    import json
+
+    frozen = json.load(open(os.path.join(os.path.dirname(__file__), "public_api.json"), encoding="utf-8"))
+    nodes = _pack_nodes(pack)
+    for node_id, want in frozen.items():
+        if node_id.startswith("_"):
+            continue
+        assert node_id in nodes, f"node {node_id} was removed or renamed; retire it instead (keep it loading)"
+        got = _signature(nodes[node_id])
+        assert got["category"] == want["category"], node_id
+        assert got["required"] == want["required"], f"{node_id}: required inputs changed"
+        assert got["optional"][: len(want["optional"])] == want["optional"], f"{node_id}: optional inputs changed"
+        assert got["returns"] == want["returns"], f"{node_id}: outputs changed"
