@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ip_adapter_core.attention import add_image_term, batch_for_chunks, concat_images, sigma_gate, site_kv
+from ipa_testkit import AtenLog
 
 ATOL = RTOL = 1e-5
 HIDDEN, HEADS, CTX = 64, 4, 32
@@ -275,30 +276,8 @@ def test_gate_switches_the_term():
     assert torch.equal(add_image_term(out, q, k, v, on), add_image_term(out, q, k, v))
 
 
-class OpLog:
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        ops = self.ops = []
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                ops.append(func.name())
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-
-    def syncs(self):
-        return [o for o in self.ops if "_local_scalar_dense" in o]
-
-
 def test_oplog_control_sees_item():
-    with OpLog() as log:
+    with AtenLog() as log:
         torch.tensor([1.0]).item()
     assert log.syncs()
 
@@ -310,7 +289,7 @@ def test_per_layer_path_never_syncs_with_host():
     out = torch.randn(2, 6, HIDDEN, generator=gen(41))
     k = split(torch.randn(2, 4, HIDDEN, generator=gen(42))).contiguous()
     v = split(torch.randn(2, 4, HIDDEN, generator=gen(43))).contiguous()
-    with OpLog() as log:
+    with AtenLog() as log:
         gate = sigma_gate(sigmas, sigma_start=START, sigma_end=END, dtype=torch.float32)
         add_image_term(out, q, k, v, gate)
         add_image_term(out, q, k, v)

@@ -21,7 +21,7 @@ from ip_adapter_core.errors import (
     NotAnIPAdapterError,
     UnsupportedAdapterError,
 )
-from ipa_testkit import adapter_parts, save_adapter
+from ipa_testkit import AtenLog, adapter_parts, save_adapter
 
 SITES = (32, 32, 64)  # three cross-attention sites, N = 1, 3, 5
 
@@ -62,27 +62,6 @@ class NoLoad:
         monkeypatch.setattr(safetensors.torch, "load_file", refuse)
         monkeypatch.setattr(safetensors.torch, "safe_open", refuse, raising=False)
         monkeypatch.setattr(safetensors, "safe_open", refuse)
-
-
-class AtenLog:
-    """Records every aten op run (tensor allocations included) while active."""
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        ops = self.ops = []
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                ops.append(str(func))
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
 
 
 # --- round trips ------------------------------------------------------------------------------------------------

@@ -382,3 +382,27 @@ def sample(make_conds):
                                        denoise=1.0, disable_pbar=True, seed=seed, **kw)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def cv(make_clip_vision):
+    """The default tiny CLIP vision (hidden 48, projection 40)."""
+    return make_clip_vision()
+
+
+@pytest.fixture(scope="module")
+def sd15(make_sd15_model):
+    """A clone of the tiny SD1.5 model (seed 0), one per test module (applies never change it)."""
+    return make_sd15_model(0)
+
+
+@pytest.fixture(scope="module")
+def sdxl(make_sdxl_model):
+    """A clone of the tiny SDXL-shaped model (seed 0), one per test module."""
+    return make_sdxl_model(0)
+
+
+@pytest.fixture(scope="session")
+def host(pack_module):
+    """The pack's nodes.patch.host module (LoadedAdapter, load_adapter, model_sites, ...)."""
+    return pack_module("nodes.patch.host")

@@ -61,11 +61,6 @@ def model(comfy_nodes):
 
 
 @pytest.fixture(scope="module")
-def host(pack_module):
-    return pack_module("nodes.patch.host")
-
-
-@pytest.fixture(scope="module")
 def adapters(model, make_clip_vision, make_adapter_file, ipadapter_dir, run_node):
     clip = make_clip_vision()
     found = {}

@@ -14,26 +14,6 @@ def errors(pack_module):
 
 
 @pytest.fixture(scope="module")
-def host(pack_module):
-    return pack_module("nodes.patch.host")
-
-
-@pytest.fixture(scope="module")
-def sd15(make_sd15_model):
-    return make_sd15_model(0)
-
-
-@pytest.fixture(scope="module")
-def sdxl(make_sdxl_model):
-    return make_sdxl_model(0)
-
-
-@pytest.fixture(scope="module")
-def cv(make_clip_vision):
-    return make_clip_vision()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("errors")
 

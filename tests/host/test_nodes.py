@@ -16,11 +16,6 @@ def model(make_sd15_model):
 
 
 @pytest.fixture(scope="module")
-def cv(make_clip_vision):
-    return make_clip_vision()
-
-
-@pytest.fixture(scope="module")
 def adapters(make_adapter_file, model, cv, pack_module, tmp_path_factory):
     """kind -> LoadedAdapter for the tiny SD1.5 model and the default tiny CLIP vision."""
     host = pack_module("nodes.patch.host")

@@ -114,11 +114,6 @@ def storage_ptrs(obj) -> set[int]:
 # --------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def host(pack_module):
-    return pack_module("nodes.patch.host")
-
-
-@pytest.fixture(scope="module")
 def attn2_mod(pack_module):
     return pack_module("nodes.patch.attn2")
 
@@ -126,11 +121,6 @@ def attn2_mod(pack_module):
 @pytest.fixture
 def model(make_sd15_model):
     return make_sd15_model(0)
-
-
-@pytest.fixture(scope="module")
-def cv(make_clip_vision):
-    return make_clip_vision()
 
 
 @pytest.fixture(scope="module")
