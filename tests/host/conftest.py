@@ -42,7 +42,7 @@ Session scope:
 ``ipadapter_dir``
     A tmp folder registered for "ipadapter" with ``folder_paths.add_model_folder_path`` (after the pack registered
     the folder), so files written there are listed by IPA_ModelLoader.
-``make_sd15_model(seed=0)``
+``make_sd15_model(seed=0, dtype=torch.float32)``
     -> ModelPatcher of a tiny SD1.5 model (comfy.supported_models.SD15, model_channels 32, channel_mult [1, 2],
     context 768, 8 heads, fp32, CPU, weights N(0, 0.05) from ``seed``). 7 cross-attention sites:
     ("input",1,0) 32, ("input",3,0) 64, ("middle",0,0) 64, ("output",0..1,0) 64, ("output",2..3,0) 32.
@@ -248,13 +248,13 @@ SDXL_UNET = dict(
 )
 
 
-def build_model(config_class, unet_config: dict, seed: int):
-    """A ModelPatcher over ``config_class(unet_config).get_model`` with seeded random fp32 weights on the CPU."""
+def build_model(config_class, unet_config: dict, seed: int, dtype: torch.dtype = torch.float32):
+    """A ModelPatcher over ``config_class(unet_config).get_model`` with seeded random weights (``dtype``) on the CPU."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
     cfg = config_class(unet_config)
-    cfg.set_inference_dtype(torch.float32, None)
+    cfg.set_inference_dtype(dtype, None)
     model = cfg.get_model({}, "")
     _randomise(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
@@ -267,11 +267,11 @@ def _model_factory(config_name: str, unet_config: dict):
     cls = getattr(comfy.supported_models, config_name)
 
     @functools.lru_cache(maxsize=None)
-    def base(seed: int):
-        return build_model(cls, unet_config, seed)
+    def base(seed: int, dtype: torch.dtype):
+        return build_model(cls, unet_config, seed, dtype)
 
-    def make(seed: int = 0):
-        return base(seed).clone()
+    def make(seed: int = 0, dtype: torch.dtype = torch.float32):
+        return base(seed, dtype).clone()
 
     return make
 
