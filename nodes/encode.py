@@ -12,10 +12,11 @@ from .common import ADAPTER_IN, CATEGORY, CLIP_VISION_IN, EMBEDS, IMAGE_IN, repo
 from .patch.host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
 
 
-def encode(adapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor, *, where: str) -> ImageTokens:
-    """Encode ``image`` with ``clip_vision`` and project it with ``adapter``; the uncond tokens follow the reference
-    (projection of a zero embedding for base adapters, of the encoder run on an all-zero normalised image for
-    plus / full face) and are computed once per adapter and encoder."""
+def encode(adapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor, *, where: str, batch_size: int = 0) -> ImageTokens:
+    """Encode ``image`` with ``clip_vision`` and project it with ``adapter``, in one batched pass or in chunks of
+    ``batch_size`` images (0 = all at once); the uncond tokens follow the reference (projection of a zero embedding
+    for base adapters, of the encoder run on an all-zero normalised image for plus / full face) and are computed
+    once per adapter and encoder."""
     spec = adapter.spec
     if clip_vision is None:
         raise InputError(f"{where}: input 'clip_vision' is missing; an image needs a CLIP vision encoder "
@@ -24,9 +25,10 @@ def encode(adapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor, *, whe
     dims = clip_vision_dims(clip_vision)
     check_encoder(spec, hidden=dims.hidden, projection=dims.projection, adapter_name=adapter.name,
                   where=f"{where}, input 'clip_vision'")
-    features = encode_images(clip_vision, images, spec.encoder_input)
     device = projection_device(adapter)
-    cond = adapter.model.project(features.to(device)).float().cpu()
+    chunks = images.split(batch_size) if batch_size > 0 else (images,)
+    cond = torch.cat([adapter.model.project(encode_images(clip_vision, c, spec.encoder_input).to(device)).float().cpu()
+                      for c in chunks])
     return ImageTokens(cond=cond, uncond=uncond_tokens(adapter, clip_vision, device), spec=spec,
                        adapter_id=adapter.adapter_id, adapter_name=adapter.name)
 
@@ -57,8 +59,12 @@ class IPAEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"ipadapter": ADAPTER_IN, "clip_vision": CLIP_VISION_IN, "image": IMAGE_IN}}
+        return {"required": {"ipadapter": ADAPTER_IN, "clip_vision": CLIP_VISION_IN, "image": IMAGE_IN},
+                "optional": {"encode_batch_size": ("INT", {
+                    "default": 0, "min": 0, "max": 4096,
+                    "tooltip": "Encode this many images at a time (0 = the whole batch in one pass). Lower it for "
+                               "long image batches that would not fit in memory at once."})}}
 
     @reports(DISPLAY_NAME)
-    def run(self, ipadapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor):
-        return (encode(ipadapter, clip_vision, image, where=self.DISPLAY_NAME),)
+    def run(self, ipadapter: LoadedAdapter, clip_vision: Any, image: torch.Tensor, encode_batch_size: int = 0):
+        return (encode(ipadapter, clip_vision, image, where=self.DISPLAY_NAME, batch_size=encode_batch_size),)

@@ -147,3 +147,14 @@ def test_every_input_has_a_tooltip(comfy_nodes, node_id):
         assert len(definition) >= 2 and isinstance(definition[1], dict), f"{node_id}.{name} has no options dict"
         assert str(definition[1].get("tooltip", "")).strip(), f"{node_id}.{name} has no tooltip"
     assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id)
+
+
+def test_chunked_encoding_gives_the_batched_tokens(run_node, sd15, cv, make_adapter_file, host, make_image, tmp_path):
+    adapter = host.load_adapter(make_adapter_file(tmp_path, "plus", sd15, cv, seed=5))
+    images = make_image(seed=9, batch=5)
+    whole = run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=images)[0]
+    chunked = run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=images, encode_batch_size=2)[0]
+    assert whole.cond.shape[0] == chunked.cond.shape[0] == 5
+    # Same math in smaller batches: equal up to fp32 summation order.
+    torch.testing.assert_close(chunked.cond, whole.cond, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(whole.cond[0], whole.cond[1]), "different images must give different tokens"
