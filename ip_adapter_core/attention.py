@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 
 def concat_images(cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cond (N_images, T, C), uncond (1, T, C) -> both (1, N_images * T, C).
@@ -47,19 +49,60 @@ def site_kv(
     heads: int,
     device: torch.device,
     dtype: torch.dtype,
+    scaling: str = "V only",
+    swap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K' and w * V' for one site, laid out for the batch and split into heads:
     each (len(cond_or_uncond) * per_chunk, heads, T, hidden // heads), contiguous.
 
     cond_tokens, uncond_tokens: (1, T, C) each (see :func:`concat_images`).
     to_kv: tokens (2, T, C) -> (K', V'), the site's to_k_ip / to_v_ip. The weight is folded into V' because
-    softmax(Q K'^T) (w V') = w softmax(Q K'^T) V', which saves a multiply per layer and step.
+    softmax(Q K'^T) (w V') = w softmax(Q K'^T) V', which saves a multiply per layer and step; the other
+    ``scaling`` modes (:func:`scale_kv`) fold it into K' and V' the same way, once.
+    swap: the precise weight types' swap: the uncond chunk gets the cond tokens and the cond chunk zero tokens.
     """
+    if swap:
+        cond_tokens, uncond_tokens = torch.zeros_like(cond_tokens), cond_tokens
     tokens = torch.cat((cond_tokens, uncond_tokens), dim=0).to(device=device, dtype=dtype)
     k, v = to_kv(tokens)
-    v = v * weight
+    k, v = scale_kv(k, v, weight=weight, scaling=scaling, width=k.shape[-1])
     return (split_heads(batch_for_chunks(k[:1], k[1:], cond_or_uncond, per_chunk), heads),
             split_heads(batch_for_chunks(v[:1], v[1:], cond_or_uncond, per_chunk), heads))
+
+
+EMBEDS_SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+
+
+def scale_kv(k: torch.Tensor, v: torch.Tensor, *, weight: float, scaling: str,
+             width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the site's effective weight w into K', V' (the incumbent's embeds_scaling, CrossAttentionPatch.py:186-207).
+
+    k, v: (B, T, C); width: the site's inner width C (k.shape[-1]). With w' = w * C / 1280:
+      "V only"                  (K', w V')                         = w Attn(K', V'), the official scale
+      "K+V"                     (w K', w V')
+      "K+V w/ C penalty"        (w' K', w' V')
+      "K+mean(V) w/ C penalty"  (w' K', V' - m + w' m), m = mean of V' over the tokens; w = 0 gives V'' = 0
+                                (the reference skips the term there)
+    """
+    if scaling == "V only":
+        return k, v * weight
+    if scaling == "K+V":
+        return k * weight, v * weight
+    w = weight * width / 1280
+    if scaling == "K+V w/ C penalty":
+        return k * w, v * w
+    check_scaling(scaling)
+    if w == 0:
+        return k * w, v * w
+    mean = v.mean(dim=1, keepdim=True)
+    return k * w, (v - mean) + mean * w
+
+
+def check_scaling(scaling: str) -> None:
+    """InputError unless ``scaling`` is one of EMBEDS_SCALINGS."""
+    if scaling not in EMBEDS_SCALINGS:
+        raise InputError(f"input 'embeds_scaling': unknown mode {scaling!r}; expected one of "
+                         f"{', '.join(repr(m) for m in EMBEDS_SCALINGS)}.")
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:

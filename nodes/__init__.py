@@ -1,5 +1,5 @@
 """Thin ComfyUI layer: node classes and their registration."""
-from .apply import IPAApply, IPAApplySimple
+from .apply import IPAApply, IPAApplyAdvanced, IPAApplySimple
 from .encode import IPAEncode
 from .loader import IPAModelLoader, register_folder
 
@@ -8,6 +8,7 @@ _NODES = {
     "IPA_Encode": IPAEncode,
     "IPA_Apply": IPAApply,
     "IPA_ApplySimple": IPAApplySimple,
+    "IPA_ApplyAdvanced": IPAApplyAdvanced,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

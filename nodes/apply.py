@@ -1,29 +1,44 @@
-"""IPA_Apply and IPA_ApplySimple: a clone of the MODEL with the image term on every cross-attention site."""
+"""IPA_Apply, IPA_ApplySimple, IPA_ApplyAdvanced: a clone of the MODEL with the image term on every cross-attention
+site."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
+from ..ip_adapter_core.attention import check_scaling
 from ..ip_adapter_core.compat import check_model, check_range
 from ..ip_adapter_core.embeds import ImageTokens
 from ..ip_adapter_core.errors import InputError
-from .common import (ADAPTER_IN, CATEGORY, CLIP_VISION_IN, EMBEDS_IN, END_AT, IMAGE_IN, MODEL_IN, START_AT, WEIGHT,
-                     reports)
+from ..ip_adapter_core.weighting import check_weight_type, parse_layer_weights, site_weights, swapped_sites
+from .common import (ADAPTER_IN, CATEGORY, CLIP_VISION_IN, EMBEDS_IN, EMBEDS_SCALING, END_AT, IMAGE_IN, LAYER_WEIGHTS,
+                     MODEL_IN, START_AT, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_TYPE, reports)
 from .encode import encode
 from .patch.attn2 import AdapterRun, install
 from .patch.host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
 
 
 def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, weight: float, start_at: float,
-                  end_at: float, where: str) -> Any:
-    """Check everything cheap first, then return a patched clone of ``model`` (the input is never changed)."""
+                  end_at: float, where: str, weight_type: str = "linear", embeds_scaling: str = "V only",
+                  layer_weights: str = "", weight_composition: float = 1.0) -> Any:
+    """Check everything cheap first, then return a patched clone of ``model`` (the input is never changed).
+
+    weight_type / layer_weights / weight_composition become one weight per site and embeds_scaling a K'/V' scaling
+    (ip_adapter_core.weighting, ip_adapter_core.attention.scale_kv); both are folded into the per-site K'/V' cache.
+    The defaults give ``weight`` on every site with "V only", i.e. IPA Apply.
+    """
     check_range(start_at, end_at, where=where)
+    check_scaling(embeds_scaling)
+    check_weight_type(weight_type)
     sites = model_sites(model)
     check_model(adapter.spec, sites, model_context_dim(model), adapter_name=adapter.name, where=f"{where}, input 'model'")
     tokens.check_fits(adapter.spec, adapter.adapter_id, adapter.name, where=f"{where}, input 'embeds'")
+    factors = parse_layer_weights(layer_weights, sites)
+    weights = site_weights(weight_type, sites, weight=weight, weight_composition=weight_composition,
+                           layer_weights=factors)
     run = AdapterRun(adapter, tokens, weight=weight, sigma_start=percent_to_sigma(model, start_at),
-                     sigma_end=percent_to_sigma(model, end_at), full_range=start_at <= 0.0 and end_at >= 1.0)
+                     sigma_end=percent_to_sigma(model, end_at), full_range=start_at <= 0.0 and end_at >= 1.0,
+                     site_weights=weights, scaling=embeds_scaling, swap_sites=swapped_sites(weight_type, sites))
     return install(model, run, [s.key for s in sites])
 
 
@@ -48,12 +63,18 @@ class IPAApply:
     def run(self, model: Any, ipadapter: LoadedAdapter, weight: float, start_at: float, end_at: float,
             image: torch.Tensor | None = None, clip_vision: Any = None, embeds: ImageTokens | None = None):
         where = self.DISPLAY_NAME
-        if (image is None) == (embeds is None):
-            raise InputError(f"{where}: connect exactly one of 'image' (with 'clip_vision') or 'embeds'; "
-                             f"got {'both' if embeds is not None else 'neither'}.")
-        check_range(start_at, end_at, where=where)
-        tokens = embeds if embeds is not None else encode(ipadapter, clip_vision, image, where=where)
+        tokens = image_tokens(ipadapter, image, clip_vision, embeds, start_at, end_at, where=where)
         return (apply_adapter(model, ipadapter, tokens, weight=weight, start_at=start_at, end_at=end_at, where=where),)
+
+
+def image_tokens(ipadapter: LoadedAdapter, image: torch.Tensor | None, clip_vision: Any, embeds: ImageTokens | None,
+                 start_at: float, end_at: float, *, where: str) -> ImageTokens:
+    """The tokens of an apply node's optional image / clip_vision / embeds inputs (cheap checks before encoding)."""
+    if (image is None) == (embeds is None):
+        raise InputError(f"{where}: connect exactly one of 'image' (with 'clip_vision') or 'embeds'; "
+                         f"got {'both' if embeds is not None else 'neither'}.")
+    check_range(start_at, end_at, where=where)
+    return embeds if embeds is not None else encode(ipadapter, clip_vision, image, where=where)
 
 
 class IPAApplySimple:
@@ -77,3 +98,37 @@ class IPAApplySimple:
         check_range(start_at, end_at, where=where)
         tokens = encode(ipadapter, clip_vision, image, where=where)
         return (apply_adapter(model, ipadapter, tokens, weight=weight, start_at=start_at, end_at=end_at, where=where),)
+
+
+class IPAApplyAdvanced:
+    DISPLAY_NAME = "IPA Apply (advanced)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A copy of the model that attends to the image prompt.",)
+    FUNCTION = "run"
+    DESCRIPTION = ("IPA Apply with per-layer control: weight types (style transfer, composition, ease curves, ...), "
+                   "embeds scaling and per-layer weights. All of it is folded into the cached image keys/values, "
+                   "so a step costs the same as with IPA Apply.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"model": MODEL_IN, "ipadapter": ADAPTER_IN, "weight": WEIGHT, "weight_type": WEIGHT_TYPE,
+                         "start_at": START_AT, "end_at": END_AT, "embeds_scaling": EMBEDS_SCALING},
+            "optional": {"image": IMAGE_IN, "clip_vision": CLIP_VISION_IN, "embeds": EMBEDS_IN,
+                         "layer_weights": LAYER_WEIGHTS, "weight_composition": WEIGHT_COMPOSITION},
+        }
+
+    @reports(DISPLAY_NAME)
+    def run(self, model: Any, ipadapter: LoadedAdapter, weight: float, weight_type: str, start_at: float,
+            end_at: float, embeds_scaling: str, image: torch.Tensor | None = None, clip_vision: Any = None,
+            embeds: ImageTokens | None = None, layer_weights: str = "", weight_composition: float = 1.0):
+        where = self.DISPLAY_NAME
+        check_scaling(embeds_scaling)  # bad text fails before the image is encoded
+        check_weight_type(weight_type)
+        parse_layer_weights(layer_weights, model_sites(model))
+        tokens = image_tokens(ipadapter, image, clip_vision, embeds, start_at, end_at, where=where)
+        return (apply_adapter(model, ipadapter, tokens, weight=weight, start_at=start_at, end_at=end_at, where=where,
+                              weight_type=weight_type, embeds_scaling=embeds_scaling, layer_weights=layer_weights,
+                              weight_composition=weight_composition),)

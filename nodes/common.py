@@ -4,7 +4,9 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from ..ip_adapter_core.attention import EMBEDS_SCALINGS
 from ..ip_adapter_core.errors import IPAdapterError
+from ..ip_adapter_core.weighting import WEIGHT_TYPES
 
 CATEGORY = "ip-adapter"
 ADAPTER = "IPA_ADAPTER"
@@ -24,6 +26,27 @@ CLIP_VISION_IN = ("CLIP_VISION", {"tooltip": "The CLIP vision encoder the adapte
 IMAGE_IN = ("IMAGE", {"tooltip": "Reference image(s). Several images are used together (their tokens share one attention). "
                                  "Alpha is dropped and gray images are expanded to RGB."})
 EMBEDS_IN = (EMBEDS, {"tooltip": "Image tokens from 'IPA Encode Image', made with the same adapter."})
+WEIGHT_TYPE = (list(WEIGHT_TYPES), {
+    "default": "linear",
+    "tooltip": "How the weight is spread over the model's layers: 'linear' = the same everywhere (IPA Apply); "
+               "ease curves and weak/strong block types scale it per layer; 'style transfer' / 'composition' "
+               "use only the style / layout layers; the 'precise' types also push the other layers away from the "
+               "image. The help page has the full table."})
+EMBEDS_SCALING = (list(EMBEDS_SCALINGS), {
+    "default": "V only",
+    "tooltip": "Where the weight goes inside the image attention. 'V only' = the official scale (IPA Apply); "
+               "'K+V' also sharpens/flattens the attention; 'w/ C penalty' weakens narrow layers (x C/1280); "
+               "'K+mean(V) w/ C penalty' scales only the mean of the values, which keeps weights > 1 from burning."})
+LAYER_WEIGHTS = ("STRING", {
+    "default": "", "multiline": True,
+    "tooltip": "Optional per-layer weights, replacing the weight type's curve (the precise types' swap still "
+               "applies): 'target:value' entries separated by commas or lines. target = SpatialTransformer index "
+               "('3:1.0, 6:0.5', numbered like the incumbent's Mad Scientist node), checkpoint layer ('N29:0.5') "
+               "or site key ('output.1.3:0.8', 'output.1:0.8'). Unlisted layers get 0; values are multiplied by "
+               "weight. Empty = use weight_type."})
+WEIGHT_COMPOSITION = ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+                                "tooltip": "Weight of the composition (layout) layers for weight_type 'style and "
+                                           "composition'; ignored by every other type."})
 
 
 def reports(node_name: str) -> Callable:

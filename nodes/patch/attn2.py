@@ -1,9 +1,10 @@
 """The attn2 replace patch: the only object this package puts into a MODEL's transformer_options.
 
 Design (see issue "near-zero cost per step"):
-- ``AdapterRun`` is one apply of one adapter on one model: image tokens, weight, sigma range, and a cache of the
-  per-site K' / w*V' laid out for the batch, built on the first call for a (device, dtype, chunk layout) and reused
-  for every later step and run. It is shared, never copied: ``__deepcopy__`` returns itself.
+- ``AdapterRun`` is one apply of one adapter on one model: image tokens, weight (per site), embeds scaling, sigma
+  range, and a cache of the per-site K' / w*V' (every weight factor and scaling folded in) laid out for the batch,
+  built on the first call for a (device, dtype, chunk layout) and reused for every later step and run. It is shared,
+  never copied: ``__deepcopy__`` returns itself.
 - ``IPAttn2Patch`` is the object stored under one attn2 key. It is immutable: adding an adapter returns a new
   patch holding the old terms plus the new one, so a clone's patches never alter the original's. It calls through a
   foreign patch that was at the key first, and otherwise runs ComfyUI's own attention exactly as the unpatched
@@ -28,10 +29,17 @@ class AdapterRun:
     """One adapter applied to one model. adapter: LoadedAdapter (host.py); tokens: ImageTokens made by it."""
 
     def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
-                 full_range: bool) -> None:
+                 full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
+                 swap_sites: frozenset[int] = frozenset()) -> None:
+        """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
+        ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
+        All three are folded into the cached K'/V', so a step costs the same whatever they are."""
         self.adapter = adapter
         self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
         self.weight = float(weight)
+        self.site_weights = None if site_weights is None else tuple(float(w) for w in site_weights)
+        self.scaling = scaling
+        self.swap_sites = frozenset(swap_sites)
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.full_range = full_range
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -50,8 +58,10 @@ class AdapterRun:
             if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                 self._kv.clear()
             model = self.adapter.model
-            hit = site_kv(lambda t: model.site_kv(site, t), self.cond, self.uncond, weight=self.weight,
-                          cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype)
+            weight = self.weight if self.site_weights is None else self.site_weights[site]
+            hit = site_kv(lambda t: model.site_kv(site, t), self.cond, self.uncond, weight=weight,
+                          cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
+                          scaling=self.scaling, swap=site in self.swap_sites)
             self._kv[key] = hit
         return hit
 
