@@ -264,6 +264,53 @@ class ComfyServer:
         return Run(state.get("status_str", "unknown"), images, pid, error=_execution_message(messages),
                    cached_nodes=cached, history=entry, seconds=time.time() - t0)
 
+    # ------------------------------------------------------------------ added for the reliability tests
+    # (generic helpers; queue() above is unchanged)
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server process (None when stopped)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def submit(self, graph: dict, *, client_id: str | None = None) -> tuple[str, str]:
+        """POST the API graph without waiting. Returns (prompt_id, "") when queued, or ("", readable validation
+        error) when the server rejected it."""
+        body = {"prompt": graph, "client_id": client_id or uuid.uuid4().hex, "prompt_id": str(uuid.uuid4())}
+        r = self.session.post(self.url + "/prompt", json=body, timeout=60)
+        if r.status_code != 200:
+            return "", _validation_message(r)
+        return r.json()["prompt_id"], ""
+
+    def wait(self, prompt_id: str, *, timeout: float = 900.0, fetch_images: bool = True) -> Run:
+        """Wait for a prompt queued with submit() (polling /history) and fetch its images, like queue()."""
+        t0 = time.time()
+        while True:
+            entry = self.session.get(f"{self.url}/history/{prompt_id}", timeout=30).json().get(prompt_id)
+            state = (entry or {}).get("status", {})
+            if state.get("completed") or state.get("status_str") == "error":
+                break
+            if self.proc is None or self.proc.poll() is not None:
+                raise ServerError(f"ComfyUI died while running prompt {prompt_id}.\n{self.log_tail()}")
+            if time.time() - t0 > timeout:
+                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.\n{self.log_tail()}")
+            time.sleep(0.1)
+        messages = state.get("messages", [])
+        cached = [n for kind, data in messages if kind == "execution_cached" for n in data.get("nodes", [])]
+        images = ([self.view(img) for out in entry.get("outputs", {}).values() for img in out.get("images", [])]
+                  if fetch_images else [])
+        return Run(state.get("status_str", "unknown"), images, prompt_id, error=_execution_message(messages),
+                   cached_nodes=cached, history=entry, seconds=time.time() - t0)
+
+    def queue_state(self) -> dict:
+        """GET /queue: {"queue_running": [...], "queue_pending": [...]}."""
+        r = self.session.get(self.url + "/queue", timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def interrupt(self) -> None:
+        """POST /interrupt: stop the prompt that is running now (the queue goes on)."""
+        self.session.post(self.url + "/interrupt", timeout=30).raise_for_status()
+
     def view(self, ref: dict) -> np.ndarray:
         from PIL import Image
 
