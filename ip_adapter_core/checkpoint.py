@@ -85,7 +85,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise CorruptFileError(f"'{path}' does not exist or is not a file.")
-    if path.lower().endswith(SAFETENSORS_SUFFIXES):
+    if path.lower().endswith(SAFETENSORS_SUFFIXES) or _looks_like_safetensors(path):
         validate_safetensors_header(path)
         from safetensors.torch import load_file
 
@@ -97,7 +97,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         culprit = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" (it references {culprit.group(1)})" if culprit else ""
+        if culprit is None:  # not a refused Python object: the bytes are not a valid pickle at all
+            raise CorruptFileError(f"'{name}' is neither a safetensors nor a torch weights file (it cannot be read "
+                                   "from its first bytes); the download is damaged or it is another kind of file.") from None
+        what = f" (it references {culprit.group(1)})"
         raise CorruptFileError(
             f"'{name}' was refused by safe loading: it contains Python objects other than tensors{what}, which could "
             "run code. Only plain weight files are loaded; use the .safetensors version of this adapter."
@@ -105,6 +108,16 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as e:
         raise CorruptFileError(f"'{name}' is not a readable torch file ({type(e).__name__}: {e}); download it again.") from None
     return _flatten(obj, name)
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """True when the content is safetensors whatever the file is called: a little-endian header length that fits
+    the file, followed by the header's opening brace."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8
 
 
 def _flatten(obj: object, name: str) -> dict[str, torch.Tensor]:

@@ -358,3 +358,21 @@ def test_refusal_message_is_plain_text(tmp_path):
     with pytest.raises(CorruptFileError) as e:
         read_state_dict(path)
     assert "\x1b" not in str(e.value), repr(str(e.value))
+
+
+def test_safetensors_content_is_read_whatever_the_extension(tmp_path):
+    p, ip = adapter_parts("base", ctx=8, encoder_dim=4, site_dims=[8], tokens=2)
+    path = save_adapter(str(tmp_path / "a.safetensors"), p, ip)
+    renamed = tmp_path / "ip-adapter_sd15.bin"
+    os.replace(path, renamed)
+    parts = load_adapter_parts(str(renamed))
+    assert torch.equal(parts.ip_adapter["1.to_k_ip.weight"], ip["1.to_k_ip.weight"])
+
+
+def test_random_bytes_bin_is_not_called_a_code_payload(tmp_path):
+    path = tmp_path / "broken.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CorruptFileError) as e:
+        read_state_dict(str(path))
+    assert "neither a safetensors nor a torch weights file" in str(e.value)
+    assert "could run code" not in str(e.value)

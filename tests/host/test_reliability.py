@@ -304,13 +304,7 @@ MISDIAGNOSIS = {
     "random_bytes_bin": ("Python objects", "could run code"),
     "renamed_safetensors_as_bin": ("Python objects", "could run code"),
 }
-BUG = {  # case id -> reason, for the cases found to fail (strict xfail)
-    "random_bytes_bin": "BUG: a .bin of random bytes is reported as 'refused by safe loading: it contains Python "
-                        "objects other than tensors, which could run code' (ip_adapter_core/checkpoint.read_state_dict "
-                        "maps every pickle.UnpicklingError, including 'invalid load key', to that message)",
-    "renamed_safetensors_as_bin": "BUG: a valid safetensors adapter saved as .bin is not sniffed by content; it is "
-                                  "torch.load-ed and reported as containing 'Python objects ... which could run code'",
-}
+BUG: dict[str, str] = {}  # case id -> reason, for cases found to fail (strict xfail); all fixed so far
 
 # id -> (graph factory, expectation, node class, input name)
 #   expectation "invalid": rejected at validation naming node and input; "error": a typed pack error at execution
