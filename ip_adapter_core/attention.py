@@ -2,7 +2,7 @@
 
 Everything that does not change during sampling (K', V' with the weight folded into V', already split into heads)
 is prepared once by :func:`site_kv`; the per-layer path is a view of q, one attention call, an optional gate
-multiply and the add (6 aten ops on the CPU, 7 with a start/end gate).
+multiply and the add (6 aten ops on the CPU, 7 with a start/end gate, one more with an attention mask).
 
 The image attention runs torch's scaled_dot_product_attention rather than the host's configured kernel: its keys are
 only 4-257 image tokens, where SDPA is the fastest path on every device, takes the pre-split head layout without
@@ -118,10 +118,11 @@ def sigma_gate(sigmas: torch.Tensor, *, sigma_start: float, sigma_end: float, dt
 
 
 def add_image_term(out: torch.Tensor, q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor,
-                   gate: torch.Tensor | None = None) -> torch.Tensor:
-    """out + gate * softmax(q K'^T / sqrt(d)) V'.
+                   gate: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """out + gate * mask * softmax(q K'^T / sqrt(d)) V'.
 
-    q, out: (B, Nq, heads*d); k_ip, v_ip: (B, heads, T, d) from :func:`site_kv` (w already in v_ip).
+    q, out: (B, Nq, heads*d); k_ip, v_ip: (B, heads, T, d) from :func:`site_kv` (w already in v_ip);
+    gate: (1, 1, 1) or None; mask: (B, Nq, 1) per query position (ip_adapter_core.masks) or None.
     """
     b, n, _ = q.shape
     heads, d = k_ip.shape[1], k_ip.shape[3]
@@ -129,4 +130,6 @@ def add_image_term(out: torch.Tensor, q: torch.Tensor, k_ip: torch.Tensor, v_ip:
     term = term.transpose(1, 2).reshape(b, n, heads * d)
     if gate is not None:
         term = term * gate
+    if mask is not None:
+        term = term * mask
     return out + term

@@ -48,6 +48,11 @@ WEIGHT_COMPOSITION = ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step":
                                 "tooltip": "Weight of the composition (layout) layers for weight_type 'style and "
                                            "composition'; ignored by every other type."})
 
+ATTN_MASK = ("MASK", {"tooltip": "Optional: where the image prompt acts. White (1) = full strength, black (0) = none, "
+                                 "grays in between; the text prompt is not masked. Any size: it is stretched to the "
+                                 "latent (same aspect ratio recommended). A batch of masks is used one per latent when "
+                                 "its size equals the latent batch, otherwise the first mask is used for every latent."})
+
 
 def reports(node_name: str) -> Callable:
     """Prefix every IPAdapterError raised inside a node function with the node's display name."""

@@ -11,6 +11,8 @@ Design (see issue "near-zero cost per step"):
   block does.
 - Nothing in ``__call__`` syncs with the host: start/end gating is a tensor compare on the device, computed once per
   step and skipped altogether for the full range.
+- An attention mask is resized once per (site, latent shape, device, dtype, batch layout) and cached like K'/V';
+  a step adds one multiply per site. Without a mask nothing is added.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
 from ...ip_adapter_core.embeds import ImageTokens
+from ...ip_adapter_core.masks import batch_mask, site_mask
 
 _MAX_CACHED_LAYOUTS = 64
 
@@ -30,10 +33,12 @@ class AdapterRun:
 
     def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
                  full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
-                 swap_sites: frozenset[int] = frozenset()) -> None:
+                 swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None) -> None:
         """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
         ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
-        All three are folded into the cached K'/V', so a step costs the same whatever they are."""
+        All three are folded into the cached K'/V', so a step costs the same whatever they are.
+        mask: (M, H, W) in 0..1 (ip_adapter_core.masks.prepare_mask) or None; resized once per site and latent
+        shape, then one multiply per site and step."""
         self.adapter = adapter
         self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
         self.weight = float(weight)
@@ -42,7 +47,9 @@ class AdapterRun:
         self.swap_sites = frozenset(swap_sites)
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.full_range = full_range
+        self.mask = mask
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
         self._gate_key: tuple | None = None
         self._gate: torch.Tensor | None = None
 
@@ -65,6 +72,25 @@ class AdapterRun:
             self._kv[key] = hit
         return hit
 
+    def site_mask(self, site: int, q: torch.Tensor, extra_options: dict,
+                  cond_or_uncond: list[int]) -> torch.Tensor | None:
+        """None without a mask; else the (B, Nq, 1) multiplier of ``site`` for this latent shape and batch layout,
+        the same for cond and uncond chunks, from the cache after the first call."""
+        if self.mask is None:
+            return None
+        shape = extra_options.get("original_shape")
+        latent_hw = tuple(shape[-2:]) if shape is not None and len(shape) >= 4 else tuple(self.mask.shape[-2:])
+        per = q.shape[0] // len(cond_or_uncond)
+        key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond))
+        hit = self._masks.get(key)
+        if hit is None:
+            if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
+                self._masks.clear()
+            m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
+            hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond)).to(q.dtype)
+            self._masks[key] = hit
+        return hit
+
     def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
         """None for the full range; else a (1,1,1) on/off tensor, recomputed only when the step's sigmas change."""
         sigmas = extra_options.get("sigmas")
@@ -78,6 +104,7 @@ class AdapterRun:
     def keep_device(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the model)."""
         self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+        self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
 
 
 class IPAttn2Patch:
@@ -99,7 +126,8 @@ class IPAttn2Patch:
         cond_or_uncond = extra_options["cond_or_uncond"]
         for run, site in self.terms:
             k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond)
-            out = add_image_term(out, q, k_ip, v_ip, run.gate(extra_options, out.dtype))
+            out = add_image_term(out, q, k_ip, v_ip, run.gate(extra_options, out.dtype),
+                                 run.site_mask(site, q, extra_options, cond_or_uncond))
         return out
 
     def with_term(self, run: AdapterRun, site: int) -> "IPAttn2Patch":

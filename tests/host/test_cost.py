@@ -18,6 +18,7 @@ Bounds:
   end 1) is 12.5 per site; 12 per site on the 16-site model is 192.
 - With a start/end range each site may add one more op (the gate multiply) and each step GATE_OPS more (the gate is
   computed from the step's sigma once per step and adapter, on the device).
+- An attn_mask adds exactly one op per site (the multiply by the cached per-site mask) and no sync.
 """
 from __future__ import annotations
 
@@ -181,6 +182,19 @@ def test_sync_counter_sees_item_and_cpu():
         bool(x[0] > 0)
         x.cpu()
     assert sum(counter.syncs.values()) == 3 and counter.syncs["Tensor.cpu()"] == 1, counter.syncs
+
+
+def test_mask_adds_one_multiply_per_site_and_no_sync(model, run_node, adapters, tokens, apply, profile):
+    """A warm step with attn_mask = the same step without it + one aten::mul per site; no step adds a sync."""
+    unmasked = profile(apply(model, "base"), steps=3)
+    mask = torch.linspace(0, 1, 64).expand(1, 48, 64)
+    masked = profile(run_node("IPA_Apply", model=model, ipadapter=adapters["base"], weight=1.0, start_at=0.0,
+                              end_at=1.0, embeds=tokens["base"], attn_mask=mask)[0], steps=3)
+    added = bench.diff(masked[1].ops, unmasked[1].ops)
+    assert masked[1].total_ops - unmasked[1].total_ops == SD15_SITES, bench.fmt_counter(added, 20)
+    assert dict(added) == {"aten.mul": SD15_SITES}, bench.fmt_counter(added, 20)
+    for step, (m, u) in enumerate(zip(masked, unmasked)):
+        assert not bench.diff(m.syncs, u.syncs), f"step {step}: syncs added {dict(bench.diff(m.syncs, u.syncs))}"
 
 
 @pytest.mark.parametrize("kind", ["base", "plus"])

@@ -1,0 +1,92 @@
+"""Attention masks: a MASK -> a per-query multiplier for the image term of one cross-attention site.
+
+A site's queries are its feature map flattened row by row. ComfyUI's UNet halves the latent with stride-2 convolutions
+(padding 1), i.e. ceil(h / 2) x ceil(w / 2) per level, and the output blocks upsample back to the matching input
+level, so every site's grid is one of the ceil-halvings of the latent. :func:`site_grid` finds it from the query
+length; a query length that no halving produces (another host, another model) falls back to the factorisation of the
+length nearest the latent's aspect ratio, so there is never a size error.
+
+The mask is stretched to the latent, whatever its own size and aspect ratio (a 512x512 mask on a 768x512 latent covers
+it all), resized to the site's grid one axis at a time, area averaging on an axis that shrinks (each grid cell is the
+mean of the mask pixels it covers: an edge on a cell boundary stays sharp and thin regions fade instead of flickering
+in and out of the small grids) and bilinear on an axis that grows, and flattened.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+
+def prepare_mask(mask: torch.Tensor, *, where: str) -> torch.Tensor:
+    """A MASK input (H, W) or (M, H, W) -> (M, H, W) float32, values clamped to 0..1 (NaN -> 0).
+
+    Any size and any aspect ratio is accepted; only a tensor that is not a mask (wrong rank, empty) is refused.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"{where}, input 'attn_mask': expected a MASK tensor, got {type(mask).__name__}.")
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim != 3 or mask.numel() == 0:
+        raise InputError(f"{where}, input 'attn_mask': expected a MASK of shape (batch, height, width), got shape "
+                         f"{tuple(mask.shape)}; connect a MASK output (e.g. 'Load Image' mask or 'Solid Mask').")
+    return torch.nan_to_num(mask.detach().float(), nan=0.0).clamp(0.0, 1.0)
+
+
+def halvings(h: int, w: int) -> list[tuple[int, int]]:
+    """(h, w), (ceil(h/2), ceil(w/2)), ... down to (1, 1)."""
+    found = [(h, w)]
+    while (h, w) != (1, 1):
+        h, w = -(-h // 2), -(-w // 2)
+        found.append((h, w))
+    return found
+
+
+def site_grid(latent_hw: tuple[int, int], tokens: int) -> tuple[int, int]:
+    """The (hs, ws) grid of a site with ``tokens`` query positions on a latent of size latent_hw = (h, w).
+
+    The first ceil-halving of (h, w) whose product is ``tokens``; else the factor pair hs * ws = tokens whose ratio
+    hs / ws is nearest (in log scale) to h / w.
+    """
+    h, w = max(1, int(latent_hw[0])), max(1, int(latent_hw[1]))
+    for hs, ws in halvings(h, w):
+        if hs * ws == tokens:
+            return hs, ws
+    target = math.log(h / w)
+    pairs = [(a, tokens // a) for a in range(1, math.isqrt(tokens) + 1) if tokens % a == 0]
+    pairs += [(b, a) for a, b in pairs]
+    return min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - target))
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(M, H, W) in 0..1 -> (M, hs, ws) in 0..1: per axis, area averaging to shrink, bilinear to grow."""
+    out = mask.float().unsqueeze(1)
+    for axis, target in ((2, int(size[0])), (3, int(size[1]))):
+        if out.shape[axis] == target:
+            continue
+        new = list(out.shape[2:])
+        new[axis - 2] = target
+        if target < out.shape[axis]:
+            out = F.interpolate(out, size=tuple(new), mode="area")
+        else:
+            out = F.interpolate(out, size=tuple(new), mode="bilinear", align_corners=False)
+    return out.squeeze(1).clamp(0.0, 1.0)
+
+
+def site_mask(mask: torch.Tensor, *, latent_hw: tuple[int, int], tokens: int) -> torch.Tensor:
+    """mask (M, H, W), 0..1 -> (M, tokens, 1) float32: the multiplier of each query position of the site."""
+    grid = site_grid(latent_hw, tokens)
+    return resize_mask(mask, grid).reshape(mask.shape[0], tokens, 1)
+
+
+def batch_mask(per_site: torch.Tensor, *, per_chunk: int, chunks: int) -> torch.Tensor:
+    """(M, N, 1) -> (chunks * per_chunk, N, 1), the same mask for every cond / uncond chunk.
+
+    M == per_chunk: one mask per latent in the batch; any other M: mask 0 for every latent.
+    """
+    if per_site.shape[0] != per_chunk:
+        per_site = per_site[:1].expand(per_chunk, -1, -1)
+    return per_site.repeat(chunks, 1, 1)
