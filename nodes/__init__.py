@@ -1,7 +1,10 @@
 """Thin ComfyUI layer: node classes and their registration."""
 from .apply import IPAApply, IPAApplyAdvanced, IPAApplySimple
+from .combine import IPACombineEmbeds
+from .embeds_file import IPALoadEmbeds, IPASaveEmbeds
 from .encode import IPAEncode
 from .loader import IPAModelLoader, register_folder
+from .noise import IPANoiseImage
 
 _NODES = {
     "IPA_ModelLoader": IPAModelLoader,
@@ -9,6 +12,10 @@ _NODES = {
     "IPA_Apply": IPAApply,
     "IPA_ApplySimple": IPAApplySimple,
     "IPA_ApplyAdvanced": IPAApplyAdvanced,
+    "IPA_CombineEmbeds": IPACombineEmbeds,
+    "IPA_NoiseImage": IPANoiseImage,
+    "IPA_SaveEmbeds": IPASaveEmbeds,
+    "IPA_LoadEmbeds": IPALoadEmbeds,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

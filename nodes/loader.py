@@ -5,13 +5,16 @@ import folder_paths
 
 from ..ip_adapter_core.errors import CorruptFileError
 from .common import ADAPTER, CATEGORY, reports
+from .embeds_file import embeds_folder
 from .patch.host import load_adapter
 
 FOLDER = "ipadapter"
 
 
 def register_folder() -> None:
-    """Register models/ipadapter, keeping every path extra_model_paths.yaml already added."""
+    """Register models/ipadapter, keeping every path extra_model_paths.yaml already added, and the embeds folder
+    output/ipadapter_embeds."""
+    embeds_folder()
     if FOLDER in folder_paths.folder_names_and_paths:
         paths, _ = folder_paths.folder_names_and_paths[FOLDER]
     else:
