@@ -46,7 +46,7 @@ PROMPT_TIMEOUT = 300.0
 PACK_ERRORS = {"IPAdapterError", "NotAnIPAdapterError", "CorruptFileError", "UnsupportedAdapterError",
                "IncompatibleError", "InputError"}
 DISPLAY = {"IPA_ModelLoader": "IPA Load Adapter", "IPA_Encode": "IPA Encode Image", "IPA_Apply": "IPA Apply",
-           "IPA_ApplySimple": "IPA Apply (simple)"}
+           "IPA_ApplySimple": "IPA Apply (simple)", "IPA_SaveEmbeds": "IPA Save Embeds"}
 LONG_RUN_N = int(os.environ.get("IPA_LONG_RUN_N", "40"))
 LONG_RUN_RSS_BOUND_MB = 150.0
 PEAK_BOUND_MB = 1000.0   # peak RSS rise allowed during one case (4096x4096 image: ~200 MB float tensor + PNG decode)
@@ -291,6 +291,26 @@ def _embeds_graph(encode_adapter: str, apply_adapter: str) -> dict:
     return g
 
 
+def _mask_graph(value: float = 0.0, batch: int = 1) -> dict:
+    """IPA_Apply (embeds route) with attn_mask = SolidMask(value), repeated to ``batch`` masks via core nodes."""
+    g = _embeds_graph(ADAPTER, ADAPTER)
+    g["20"] = {"class_type": "SolidMask", "inputs": {"value": value, "width": 48, "height": 80}}
+    mask = ["20", 0]
+    if batch > 1:
+        g["21"] = {"class_type": "MaskToImage", "inputs": {"mask": ["20", 0]}}
+        g["22"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["21", 0], "amount": batch}}
+        g["23"] = {"class_type": "ImageToMask", "inputs": {"image": ["22", 0], "channel": "red"}}
+        mask = ["23", 0]
+    g["7"]["inputs"]["attn_mask"] = mask
+    return g
+
+
+def _save_embeds_graph(prefix: str) -> dict:
+    g = _embeds_graph(ADAPTER, ADAPTER)
+    g["14"] = {"class_type": "IPA_SaveEmbeds", "inputs": {"embeds": ["13", 0], "filename_prefix": prefix}}
+    return g
+
+
 def _rgba_tensor_graph() -> dict:
     """LoadImage gives RGB + MASK; JoinImageWithAlpha makes a real 4-channel IMAGE tensor."""
     g = graph(image="noise.png")
@@ -345,6 +365,14 @@ CASES = {
     "start_after_end": (lambda: graph(start_at=0.8, end_at=0.2), "error", "IPA_ApplySimple", "start_at"),
     "embeds_from_another_adapter": (lambda: _embeds_graph(ADAPTER, ADAPTER_B), "error", "IPA_Apply", "embeds"),
     "embeds_from_plus_adapter": (lambda: _embeds_graph(ADAPTER_PLUS, ADAPTER), "error", "IPA_Apply", "embeds"),
+    "mask_all_zeros": (lambda: _mask_graph(0.0), "ok", "IPA_Apply", "attn_mask"),
+    "mask_batch_3_for_latent_batch_1": (lambda: _mask_graph(1.0, batch=3), "ok", "IPA_Apply", "attn_mask"),
+    "saved_embeds_prefix_traversal": (lambda: _save_embeds_graph("../../escape/evil"), "error", "IPA_SaveEmbeds",
+                                      "filename_prefix"),
+    "saved_embeds_prefix_absolute": (lambda: _save_embeds_graph("/tmp/ipa_abs_evil"), "error", "IPA_SaveEmbeds",
+                                     "filename_prefix"),
+    "saved_embeds_prefix_non_ascii": (lambda: _save_embeds_graph("émbeds/日本語_テスト"), "ok", "IPA_SaveEmbeds",
+                                      "filename_prefix"),
 }
 SKIPPED = {
     "image_batch_0": "no core ComfyUI 0.3.64 node yields an empty IMAGE batch (ImageFromBatch / RepeatImageBatch / "
@@ -489,3 +517,26 @@ def test_interrupt_leaves_no_patch_behind(server):
     assert (after.images[0] == plain).all(), (
         f"the model without the adapter gives other pixels after an interrupted patched prompt (max abs diff "
         f"{np.abs(after.images[0].astype(int) - plain).max()})")
+
+
+def test_zero_mask_gives_the_unpatched_image(server, baseline):
+    """A mask of zeros removes the image term everywhere: the pixels of the graph without the adapter."""
+    plain = run_ok(server, graph(apply=False)).images[0]
+    masked = run_ok(server, _mask_graph(0.0)).images[0]
+    assert (masked == plain).all()
+    assert not (baseline == plain).all(), "the adapter had no effect, the test proves nothing"
+
+
+def test_saved_embeds_stay_inside_their_folder(server):
+    """Non-ASCII names are saved inside output/ipadapter_embeds; traversal and absolute prefixes write nothing."""
+    import glob
+
+    out = server.output_dir
+    run_ok(server, _save_embeds_graph("émbeds/日本語_テスト"))
+    saved = glob.glob(os.path.join(out, "ipadapter_embeds", "émbeds", "日本語_テスト_*.safetensors"))
+    assert saved, os.listdir(os.path.join(out, "ipadapter_embeds"))
+    server.queue(_save_embeds_graph("../../escape/evil"), timeout=PROMPT_TIMEOUT)
+    server.queue(_save_embeds_graph("/tmp/ipa_abs_evil"), timeout=PROMPT_TIMEOUT)
+    root = os.path.dirname(os.path.dirname(out))  # the prefix climbs two levels: look everywhere below that
+    assert not glob.glob(os.path.join(root, "**", "evil_*.safetensors"), recursive=True)
+    assert not glob.glob("/tmp/ipa_abs_evil*")
