@@ -240,29 +240,17 @@ class ComfyServer:
         return wc.to_api(workflow, self.object_info())
 
     def queue(self, graph: dict, *, timeout: float = 900.0, client_id: str | None = None) -> Run:
-        """POST the API graph, wait for it (polling /history), and fetch its images via /view."""
+        """POST the API graph, wait for it (polling /history), and fetch its images via /view. A prompt still
+        running after ``timeout`` is interrupted before TimeoutError is raised."""
         t0 = time.time()
-        body = {"prompt": graph, "client_id": client_id or uuid.uuid4().hex, "prompt_id": str(uuid.uuid4())}
-        r = self.session.post(self.url + "/prompt", json=body, timeout=60)
-        if r.status_code != 200:
-            return Run("invalid", [], body["prompt_id"], error=_validation_message(r), seconds=time.time() - t0)
-        pid = r.json()["prompt_id"]
-        while True:
-            entry = self.session.get(f"{self.url}/history/{pid}", timeout=30).json().get(pid)
-            state = (entry or {}).get("status", {})
-            if state.get("completed") or state.get("status_str") == "error":
-                break
-            if self.proc is None or self.proc.poll() is not None:
-                raise ServerError(f"ComfyUI died while running prompt {pid}.\n{self.log_tail()}")
-            if time.time() - t0 > timeout:
-                self.session.post(self.url + "/interrupt", timeout=10)
-                raise TimeoutError(f"prompt {pid} did not finish within {timeout:.0f} s.\n{self.log_tail()}")
-            time.sleep(0.25)
-        messages = state.get("messages", [])
-        cached = [n for kind, data in messages if kind == "execution_cached" for n in data.get("nodes", [])]
-        images = [self.view(img) for out in entry.get("outputs", {}).values() for img in out.get("images", [])]
-        return Run(state.get("status_str", "unknown"), images, pid, error=_execution_message(messages),
-                   cached_nodes=cached, history=entry, seconds=time.time() - t0)
+        prompt_id, error = self.submit(graph, client_id=client_id)
+        if not prompt_id:
+            return Run("invalid", [], "", error=error, seconds=time.time() - t0)
+        try:
+            return self.wait(prompt_id, timeout=timeout)
+        except TimeoutError:
+            self.session.post(self.url + "/interrupt", timeout=10)
+            raise
 
     # ------------------------------------------------------------------ added for the reliability tests
     # (generic helpers; queue() above is unchanged)

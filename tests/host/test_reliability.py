@@ -37,7 +37,6 @@ for _p in (SCRIPTS, TESTS):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 import standins  # noqa: E402
-from comfyui_env import find_comfyui  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,16 +73,6 @@ BAD_FILES = {  # case -> file name in the ipadapter folder
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def comfyui() -> str:
-    path, why = find_comfyui()
-    if path is None:
-        msg = f"reliability server tests SKIPPED: {why}. Set COMFYUI_PATH or install ComfyUI at ~/ComfyUI to run them."
-        print(f"\n{msg}", file=sys.stderr)
-        pytest.skip(msg)
-    return path
-
-
 def _save(path: str, tensors: dict) -> None:
     from safetensors.torch import save_file
 
@@ -91,14 +80,14 @@ def _save(path: str, tensors: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def models_dir(comfyui, tmp_path_factory) -> str:
+def models_dir(comfyui_path, tmp_path_factory) -> str:
     """The stand-ins (generated once, cached in .standins/) linked into a scratch models folder, plus the bad files."""
     import torch
     from safetensors.torch import load_file
     from ipa_testkit import adapter_parts
 
     if not standins.is_fresh():
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui], check=True,
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
                        timeout=900)
     src = standins.paths()
     base = str(tmp_path_factory.mktemp("ipa_models"))
@@ -168,7 +157,7 @@ def models_dir(comfyui, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(comfyui, models_dir, tmp_path_factory):
+def server(comfyui_path, models_dir, tmp_path_factory):
     from PIL import Image
     from run_workflow import ComfyServer
 
@@ -177,7 +166,7 @@ def server(comfyui, models_dir, tmp_path_factory):
     threads = os.environ.get("IPA_SERVER_THREADS", "1")
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    srv = ComfyServer(comfyui, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True)
+    srv = ComfyServer(comfyui_path, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True)
     try:
         srv.start()
     except BaseException:

@@ -22,7 +22,6 @@ if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 import standins  # noqa: E402
 import workflow_convert as wc  # noqa: E402
-from comfyui_env import find_comfyui  # noqa: E402
 
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 SIMPLE = os.path.join(REPO, "example_workflows", "ipadapter_simple.json")
@@ -92,29 +91,19 @@ def test_convert_maps_widgets_and_skips_frontend_values():
 # ---------------------------------------------------------------------------------------------- the real server
 
 @pytest.fixture(scope="module")
-def comfyui() -> str:
-    path, why = find_comfyui()
-    if path is None:
-        msg = f"host server tests SKIPPED: {why}. Set COMFYUI_PATH or install ComfyUI at ~/ComfyUI to run them."
-        print(f"\n{msg}", file=sys.stderr)
-        pytest.skip(msg)
-    return path
-
-
-@pytest.fixture(scope="module")
-def models_dir(comfyui) -> str:
+def models_dir(comfyui_path) -> str:
     """Random stand-ins, generated in a child process (keeps comfy out of this interpreter), cached in .standins/."""
     if not standins.is_fresh():
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui], check=True,
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
                        timeout=900)
     return standins.DEFAULT_MODELS_DIR
 
 
 @pytest.fixture(scope="module")
-def server(comfyui, models_dir):
+def server(comfyui_path, models_dir):
     from run_workflow import ComfyServer
 
-    with ComfyServer(comfyui, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
+    with ComfyServer(comfyui_path, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
         srv.copy_input(REFERENCE)
         yield srv
 
