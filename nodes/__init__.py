@@ -5,6 +5,7 @@ from .embeds_file import IPALoadEmbeds, IPASaveEmbeds
 from .encode import IPAEncode
 from .loader import IPAModelLoader, register_folder
 from .noise import IPANoiseImage
+from .prep import IPAPrepImage
 
 _NODES = {
     "IPA_ModelLoader": IPAModelLoader,
@@ -14,6 +15,7 @@ _NODES = {
     "IPA_ApplyAdvanced": IPAApplyAdvanced,
     "IPA_CombineEmbeds": IPACombineEmbeds,
     "IPA_NoiseImage": IPANoiseImage,
+    "IPA_PrepImage": IPAPrepImage,
     "IPA_SaveEmbeds": IPASaveEmbeds,
     "IPA_LoadEmbeds": IPALoadEmbeds,
 }
