@@ -11,9 +11,11 @@ from ..ip_adapter_core.compat import check_model, check_range
 from ..ip_adapter_core.embeds import ImageTokens
 from ..ip_adapter_core.errors import InputError
 from ..ip_adapter_core.masks import prepare_mask
+from ..ip_adapter_core.schedule import make_schedule
 from ..ip_adapter_core.weighting import check_weight_type, parse_layer_weights, site_weights, swapped_sites
 from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, EMBEDS_IN, EMBEDS_SCALING, END_AT, IMAGE_IN,
-                     LAYER_WEIGHTS, MODEL_IN, START_AT, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_TYPE, reports)
+                     LAYER_WEIGHTS, MODEL_IN, SCHEDULE_VALUES, START_AT, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_SCHEDULE,
+                     WEIGHT_TYPE, reports)
 from .encode import encode
 from .patch.attn2 import AdapterRun, install
 from .patch.host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
@@ -22,15 +24,18 @@ from .patch.host import LoadedAdapter, model_context_dim, model_sites, percent_t
 def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, weight: float, start_at: float,
                   end_at: float, where: str, weight_type: str = "linear", embeds_scaling: str = "V only",
                   layer_weights: str = "", weight_composition: float = 1.0,
-                  attn_mask: torch.Tensor | None = None) -> Any:
+                  attn_mask: torch.Tensor | None = None, weight_schedule: str = "constant",
+                  schedule_values: str = "") -> Any:
     """Check everything cheap first, then return a patched clone of ``model`` (the input is never changed).
 
     weight_type / layer_weights / weight_composition become one weight per site and embeds_scaling a K'/V' scaling
     (ip_adapter_core.weighting, ip_adapter_core.attention.scale_kv); both are folded into the per-site K'/V' cache.
     The defaults give ``weight`` on every site with "V only", i.e. IPA Apply. attn_mask: a MASK (any size, values
-    clamped to 0..1) that multiplies the image term per query position (ip_adapter_core.masks).
+    clamped to 0..1) that multiplies the image term per query position (ip_adapter_core.masks). weight_schedule /
+    schedule_values: a per-step factor over start_at..end_at (ip_adapter_core.schedule); "constant" = none.
     """
     mask = None if attn_mask is None else prepare_mask(attn_mask, where=where)
+    schedule = make_schedule(weight_schedule, schedule_values)
     check_range(start_at, end_at, where=where)
     check_scaling(embeds_scaling)
     check_weight_type(weight_type)
@@ -43,7 +48,7 @@ def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, we
     run = AdapterRun(adapter, tokens, weight=weight, sigma_start=percent_to_sigma(model, start_at),
                      sigma_end=percent_to_sigma(model, end_at), full_range=start_at <= 0.0 and end_at >= 1.0,
                      site_weights=weights, scaling=embeds_scaling, swap_sites=swapped_sites(weight_type, sites),
-                     mask=mask)
+                     mask=mask, schedule=schedule, start_at=start_at, end_at=end_at)
     return install(model, run, [s.key for s in sites])
 
 
@@ -128,21 +133,24 @@ class IPAApplyAdvanced:
                          "start_at": START_AT, "end_at": END_AT, "embeds_scaling": EMBEDS_SCALING},
             "optional": {"image": IMAGE_IN, "clip_vision": CLIP_VISION_IN, "embeds": EMBEDS_IN,
                          "layer_weights": LAYER_WEIGHTS, "weight_composition": WEIGHT_COMPOSITION,
-                         "attn_mask": ATTN_MASK},
+                         "attn_mask": ATTN_MASK, "weight_schedule": WEIGHT_SCHEDULE,
+                         "schedule_values": SCHEDULE_VALUES},
         }
 
     @reports(DISPLAY_NAME)
     def run(self, model: Any, ipadapter: LoadedAdapter, weight: float, weight_type: str, start_at: float,
             end_at: float, embeds_scaling: str, image: torch.Tensor | None = None, clip_vision: Any = None,
             embeds: ImageTokens | None = None, layer_weights: str = "", weight_composition: float = 1.0,
-            attn_mask: torch.Tensor | None = None):
+            attn_mask: torch.Tensor | None = None, weight_schedule: str = "constant", schedule_values: str = ""):
         where = self.DISPLAY_NAME
         if attn_mask is not None:
             prepare_mask(attn_mask, where=where)
+        make_schedule(weight_schedule, schedule_values)
         check_scaling(embeds_scaling)  # bad text fails before the image is encoded
         check_weight_type(weight_type)
         parse_layer_weights(layer_weights, model_sites(model))
         tokens = image_tokens(ipadapter, image, clip_vision, embeds, start_at, end_at, where=where)
         return (apply_adapter(model, ipadapter, tokens, weight=weight, start_at=start_at, end_at=end_at, where=where,
                               weight_type=weight_type, embeds_scaling=embeds_scaling, layer_weights=layer_weights,
-                              weight_composition=weight_composition, attn_mask=attn_mask),)
+                              weight_composition=weight_composition, attn_mask=attn_mask,
+                              weight_schedule=weight_schedule, schedule_values=schedule_values),)

@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..ip_adapter_core.attention import EMBEDS_SCALINGS
 from ..ip_adapter_core.errors import IPAdapterError
+from ..ip_adapter_core.schedule import SCHEDULES
 from ..ip_adapter_core.weighting import WEIGHT_TYPES
 
 CATEGORY = "ip-adapter"
@@ -52,6 +53,18 @@ ATTN_MASK = ("MASK", {"tooltip": "Optional: where the image prompt acts. White (
                                  "grays in between; the text prompt is not masked. Any size: it is stretched to the "
                                  "latent (same aspect ratio recommended). A batch of masks is used one per latent when "
                                  "its size equals the latent batch, otherwise the first mask is used for every latent."})
+
+WEIGHT_SCHEDULE = (list(SCHEDULES), {
+    "default": "constant",
+    "tooltip": "How the weight changes from step to step over start_at..end_at: 'constant' = the same every step; "
+               "'linear in' / 'ease in' fade in from 0 to full, 'linear out' / 'ease out' fade out from full to 0, "
+               "'ease in-out' rises to full halfway and falls back to 0; 'custom' uses schedule_values. Progress is "
+               "counted in steps. The help page has the exact curves."})
+SCHEDULE_VALUES = ("STRING", {
+    "default": "",
+    "tooltip": "For weight_schedule 'custom' only: factors from the first to the last step of start_at..end_at, "
+               "separated by commas, e.g. '1, 0.8, 0.2'; spread evenly over the steps and linearly interpolated, "
+               "then multiplied by weight. Ignored by the other schedules."})
 
 
 def reports(node_name: str) -> Callable:

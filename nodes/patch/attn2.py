@@ -11,6 +11,8 @@ Design (see issue "near-zero cost per step"):
   block does.
 - Nothing in ``__call__`` syncs with the host: start/end gating is a tensor compare on the device, computed once per
   step and skipped altogether for the full range.
+- A weight schedule (ip_adapter_core.schedule) is folded into that same per-step gate: (on/off) * factor(progress),
+  one (1,1,1) tensor per step and adapter, so a site still pays one multiply. "constant" adds nothing.
 - An attention mask is resized once per (site, latent shape, device, dtype, batch layout) and cached like K'/V';
   a step adds one multiply per site. Without a mask nothing is added.
 """
@@ -24,6 +26,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.masks import batch_mask, site_mask
+from ...ip_adapter_core.schedule import WeightSchedule, schedule_factor, step_progress
 
 _MAX_CACHED_LAYOUTS = 64
 
@@ -33,12 +36,15 @@ class AdapterRun:
 
     def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
                  full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
-                 swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None) -> None:
+                 swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None,
+                 schedule: WeightSchedule = WeightSchedule(), start_at: float = 0.0, end_at: float = 1.0) -> None:
         """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
         ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
         All three are folded into the cached K'/V', so a step costs the same whatever they are.
         mask: (M, H, W) in 0..1 (ip_adapter_core.masks.prepare_mask) or None; resized once per site and latent
-        shape, then one multiply per site and step."""
+        shape, then one multiply per site and step.
+        schedule: the per-step weight schedule over start_at..end_at (fractions of the run's steps); "constant" =
+        none. It joins the step's gate (see :meth:`gate`)."""
         self.adapter = adapter
         self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
         self.weight = float(weight)
@@ -48,6 +54,9 @@ class AdapterRun:
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.full_range = full_range
         self.mask = mask
+        self.schedule = schedule
+        self.start_at, self.end_at = float(start_at), float(end_at)
+        self._values: dict[torch.device, torch.Tensor] = {}
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
         self._gate_key: tuple | None = None
@@ -92,19 +101,41 @@ class AdapterRun:
         return hit
 
     def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
-        """None for the full range; else a (1,1,1) on/off tensor, recomputed only when the step's sigmas change."""
+        """None for the full range without a schedule; else one (1,1,1) tensor = (on/off for the sigma range) *
+        (schedule factor at this step's progress), recomputed only when the step's sigmas object changes.
+
+        The schedule needs extra_options["sample_sigmas"] (the run's schedule, set by ComfyUI's samplers) to find the
+        step; without it the factor is 1. Without "sigmas" (a caller outside ComfyUI's samplers) the term stays on."""
         sigmas = extra_options.get("sigmas")
-        if self.full_range or sigmas is None:  # no sigmas: a caller outside ComfyUI's samplers; the term stays on
+        if sigmas is None or (self.full_range and self.schedule.is_constant):
             return None
         if self._gate_key is None or self._gate_key[0] is not sigmas or self._gate_key[1] != dtype:
-            self._gate = sigma_gate(sigmas, sigma_start=self.sigma_start, sigma_end=self.sigma_end, dtype=dtype)
+            gate = None if self.full_range else sigma_gate(sigmas, sigma_start=self.sigma_start,
+                                                           sigma_end=self.sigma_end, dtype=dtype)
+            sample_sigmas = extra_options.get("sample_sigmas")
+            if not self.schedule.is_constant and sample_sigmas is not None:
+                progress = step_progress(sigmas, sample_sigmas, start=self.start_at, end=self.end_at)
+                factor = schedule_factor(self.schedule.kind, progress, values=self._values_on(sigmas.device))
+                factor = factor.to(dtype).reshape(1, 1, 1)
+                gate = factor if gate is None else gate * factor
+            self._gate = gate
             self._gate_key = (sigmas, dtype)
         return self._gate
+
+    def _values_on(self, device: torch.device) -> torch.Tensor | None:
+        """The custom schedule's values on ``device`` (copied there once), None for the other kinds."""
+        if self.schedule.kind != "custom":
+            return None
+        hit = self._values.get(device)
+        if hit is None:
+            hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
+        return hit
 
     def keep_device(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the model)."""
         self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
         self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
+        self._values = {k: v for k, v in self._values.items() if k == device}
 
 
 class IPAttn2Patch:
