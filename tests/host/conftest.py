@@ -406,3 +406,42 @@ def sdxl(make_sdxl_model):
 def host(pack_module):
     """The pack's nodes.patch.host module (LoadedAdapter, load_adapter, model_sites, ...)."""
     return pack_module("nodes.patch.host")
+
+
+@pytest.fixture(scope="session")
+def attn2_patches():
+    """attn2_patches(model) -> the model's {key: patch} attn2 replace dict."""
+    return lambda model: model.model_options["transformer_options"]["patches_replace"]["attn2"]
+
+
+@pytest.fixture(scope="session")
+def call_site(host, attn2_patches):
+    """call_site(model, key, *, tokens=64, sigma=14.6, heads=8, seed=3, **extra) -> (out, plain attention).
+
+    Calls the attn2 patch installed at ``key`` directly, as BasicTransformerBlock does, with random q/k/v for a cond
+    and an uncond chunk (cond_or_uncond [1, 0]) of an 8x8 latent; ``extra`` adds or overrides extra_options
+    (e.g. sample_sigmas). ``plain`` is ComfyUI's own attention of the same q/k/v, i.e. the unpatched output."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    def call(model, key, *, tokens=64, sigma=14.6, heads=8, seed=3, **extra):
+        site = next(s for s in host.model_sites(model) if s.key == key)
+        g = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(2, n, site.hidden, generator=g) for n in (tokens, 77, 77))
+        options = {"n_heads": heads, "dim_head": site.hidden // heads, "attn_precision": None,
+                   "cond_or_uncond": [1, 0], "sigmas": torch.full((2,), float(sigma)), "original_shape": [2, 4, 8, 8],
+                   "block": key[:2], "block_index": key[2], **extra}
+        return attn2_patches(model)[key](q, k, v, options), optimized_attention(q, k, v, heads)
+
+    return call
+
+
+@pytest.fixture(scope="module")
+def base_adapter(make_adapter_file, sd15, cv, host, tmp_path_factory):
+    """A random base adapter for the tiny SD1.5 model and the default tiny CLIP vision (seed 0), loaded."""
+    return host.load_adapter(make_adapter_file(tmp_path_factory.mktemp("base_adapter"), "base", sd15, cv, seed=0))
+
+
+@pytest.fixture(scope="module")
+def base_embeds(base_adapter, run_node, cv, make_image):
+    """IPA_Encode of make_image(0) with base_adapter."""
+    return run_node("IPA_Encode", ipadapter=base_adapter, clip_vision=cv, image=make_image(0))[0]

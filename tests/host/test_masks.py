@@ -10,34 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-HEADS = 8
-
-
-def patches(model):
-    return model.model_options["transformer_options"]["patches_replace"]["attn2"]
-
-
-def plain(q, k, v):
-    from comfy.ldm.modules.attention import optimized_attention
-
-    return optimized_attention(q, k, v, HEADS)
-
-
 @pytest.fixture(scope="module")
-def adapter(make_adapter_file, sd15, cv, host, tmp_path_factory):
-    return host.load_adapter(make_adapter_file(tmp_path_factory.mktemp("masks"), "base", sd15, cv, seed=0))
-
-
-@pytest.fixture(scope="module")
-def embeds(adapter, run_node, cv, make_image):
-    return run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=make_image(0))[0]
-
-
-@pytest.fixture(scope="module")
-def apply(run_node, adapter, embeds):
+def apply(run_node, base_adapter, base_embeds):
     def do(model, node="IPA_Apply", **kw):
         extra = dict(weight_type="linear", embeds_scaling="V only") if node == "IPA_ApplyAdvanced" else {}
-        return run_node(node, model=model, ipadapter=adapter, weight=1.0, start_at=0.0, end_at=1.0, embeds=embeds,
+        return run_node(node, model=model, ipadapter=base_adapter, weight=1.0, start_at=0.0, end_at=1.0, embeds=base_embeds,
                         **extra, **kw)[0]
 
     return do
@@ -67,19 +44,12 @@ def test_advanced_mask_equals_ipa_apply_mask(sd15, apply, sample):
 
 
 @pytest.mark.parametrize("key,grid", [(("input", 1, 0), (8, 8)), (("input", 3, 0), (4, 4))])
-def test_left_half_mask_zeroes_the_right_half_of_the_term(sd15, apply, host, key, grid):
+def test_left_half_mask_zeroes_the_right_half_of_the_term(sd15, apply, call_site, key, grid):
     """An installed patch called directly, as at the first step of an 8x8 latent, cond and uncond batched: the image
     term (out - plain attention) is 0 on every right-half query position of both chunks, non-zero on the left."""
-    site = next(s for s in host.model_sites(sd15) if s.key == key)
-    patched = apply(sd15, attn_mask=left_half())
     hs, ws = grid
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, n, site.hidden, generator=g) for n in (hs * ws, 77, 77))
-    extra = {"n_heads": HEADS, "dim_head": site.hidden // HEADS, "attn_precision": None, "cond_or_uncond": [1, 0],
-             "sigmas": torch.full((2,), 14.6), "original_shape": [2, 4, 8, 8], "block": key[:2],
-             "block_index": key[2]}
-    out = patches(patched)[key](q, k, v, extra).reshape(2, hs, ws, -1)
-    base = plain(q, k, v).reshape(2, hs, ws, -1)
+    out, base = call_site(apply(sd15, attn_mask=left_half()), key, tokens=hs * ws)
+    out, base = out.reshape(2, hs, ws, -1), base.reshape(2, hs, ws, -1)
     assert torch.equal(out[:, :, ws // 2:], base[:, :, ws // 2:])
     term = (out - base)[:, :, : ws // 2]
     assert term.abs().amax(dim=-1).min() > 1e-4, "the left half lost its image term"

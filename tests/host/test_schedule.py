@@ -19,7 +19,6 @@ _spec = importlib.util.spec_from_file_location("ipa_bench_measure", os.path.join
 measure = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(measure)  # measurement tools only; imports no ComfyUI module
 
-HEADS = 8
 SITES = 7
 # Per step and adapter, with a schedule: the step index (argmin over the sigma list), the progress and the factor,
 # computed once (not per site). Measured on the CPU, warm step: linear in 14, linear out with a range 15, ease in-out
@@ -29,31 +28,11 @@ SCHEDULE_STEP_OPS = 32
 STEPS = 5
 
 
-def patches(model):
-    return model.model_options["transformer_options"]["patches_replace"]["attn2"]
-
-
-def plain(q, k, v):
-    from comfy.ldm.modules.attention import optimized_attention
-
-    return optimized_attention(q, k, v, HEADS)
-
-
 @pytest.fixture(scope="module")
-def adapter(make_adapter_file, sd15, cv, host, tmp_path_factory):
-    return host.load_adapter(make_adapter_file(tmp_path_factory.mktemp("schedule"), "base", sd15, cv, seed=0))
-
-
-@pytest.fixture(scope="module")
-def embeds(adapter, run_node, cv, make_image):
-    return run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=make_image(0))[0]
-
-
-@pytest.fixture(scope="module")
-def apply(run_node, adapter, embeds):
+def apply(run_node, base_adapter, base_embeds):
     def do(model, start_at=0.0, end_at=1.0, **kw):
-        return run_node("IPA_ApplyAdvanced", model=model, ipadapter=adapter, weight=1.0, weight_type="linear",
-                        start_at=start_at, end_at=end_at, embeds_scaling="V only", embeds=embeds, **kw)[0]
+        return run_node("IPA_ApplyAdvanced", model=model, ipadapter=base_adapter, weight=1.0, weight_type="linear",
+                        start_at=start_at, end_at=end_at, embeds_scaling="V only", embeds=base_embeds, **kw)[0]
 
     return do
 
@@ -65,24 +44,21 @@ def sample_sigmas(sd15):
     return comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", STEPS).float()
 
 
-def call(model, key, host, sd15, sigma, sample_sigmas=None, seed=3):
-    """An installed patch called directly as at the step with ``sigma``, cond and uncond batched: (out, plain)."""
-    site = next(s for s in host.model_sites(sd15) if s.key == key)
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(2, n, site.hidden, generator=g) for n in (64, 77, 77))
-    extra = {"n_heads": HEADS, "dim_head": site.hidden // HEADS, "attn_precision": None, "cond_or_uncond": [1, 0],
-             "sigmas": torch.full((2,), float(sigma)), "original_shape": [2, 4, 8, 8], "block": key[:2],
-             "block_index": key[2]}
-    if sample_sigmas is not None:
-        extra["sample_sigmas"] = sample_sigmas
-    return patches(model)[key](q, k, v, extra), plain(q, k, v)
+@pytest.fixture(scope="module")
+def call(call_site):
+    """The installed patch at ``key`` called directly as at the step with ``sigma``: (out, plain attention)."""
+    def run(model, key, sigma, sample_sigmas=None):
+        extra = {} if sample_sigmas is None else {"sample_sigmas": sample_sigmas}
+        return call_site(model, key, sigma=sigma, **extra)
+
+    return run
 
 
-def test_constant_is_bit_identical_to_no_schedule(sd15, apply, sample):
+def test_constant_is_bit_identical_to_no_schedule(sd15, apply, sample, attn2_patches):
     without = apply(sd15)
     constant = apply(sd15, weight_schedule="constant", schedule_values="ignored")
     assert torch.equal(sample(constant, steps=STEPS), sample(without, steps=STEPS))
-    run = next(iter(patches(constant).values())).terms[0][0]
+    run = next(iter(attn2_patches(constant).values())).terms[0][0]
     assert run.gate({"sigmas": torch.tensor([5.0]), "sample_sigmas": torch.tensor([5.0, 0.0])}, torch.float32) is None
 
 
@@ -92,44 +68,44 @@ def test_a_schedule_changes_sampling(sd15, apply, sample):
         assert not torch.equal(sample(apply(sd15, weight_schedule=kind), steps=STEPS), base), kind
 
 
-def test_linear_in_is_off_at_the_first_step_and_full_at_the_last(sd15, apply, host, sample_sigmas):
+def test_linear_in_is_off_at_the_first_step_and_full_at_the_last(sd15, apply, sample_sigmas, call):
     key = ("input", 1, 0)
     full = apply(sd15)
     ramp = apply(sd15, weight_schedule="linear in")
-    out, base = call(ramp, key, host, sd15, sample_sigmas[0], sample_sigmas)
+    out, base = call(ramp, key, sample_sigmas[0], sample_sigmas)
     assert torch.equal(out, base), "the first step kept an image term"
-    last, _ = call(ramp, key, host, sd15, sample_sigmas[-2], sample_sigmas)
-    reference, _ = call(full, key, host, sd15, sample_sigmas[-2], sample_sigmas)
+    last, _ = call(ramp, key, sample_sigmas[-2], sample_sigmas)
+    reference, _ = call(full, key, sample_sigmas[-2], sample_sigmas)
     assert torch.equal(last, reference), "the last step's term is not at full weight"
     assert not torch.equal(reference, base)
     # halfway (step 2 of 0..4): exactly half of the term
-    mid, _ = call(ramp, key, host, sd15, sample_sigmas[2], sample_sigmas)
-    mid_full, _ = call(full, key, host, sd15, sample_sigmas[2], sample_sigmas)
+    mid, _ = call(ramp, key, sample_sigmas[2], sample_sigmas)
+    mid_full, _ = call(full, key, sample_sigmas[2], sample_sigmas)
     assert torch.allclose(mid - base, 0.5 * (mid_full - base), atol=1e-6)
 
 
-def test_linear_out_over_a_sub_range_counts_steps(sd15, apply, host, sample_sigmas):
+def test_linear_out_over_a_sub_range_counts_steps(sd15, apply, sample_sigmas, call, attn2_patches):
     """start 0.25 / end 0.75 of 5 steps: step fractions 0, .25, .5, .75, 1 give progress 0, 0, .5, 1, 1, so linear
     out gives 1, 1, .5, 0, 0, times the sigma range's on/off switch (unchanged by the schedule)."""
     key = ("middle", 0, 0)
     ranged = apply(sd15, start_at=0.25, end_at=0.75)
     fade = apply(sd15, start_at=0.25, end_at=0.75, weight_schedule="linear out")
     full = apply(sd15)
-    run = patches(ranged)[key].terms[0][0]
+    run = attn2_patches(ranged)[key].terms[0][0]
     for step, factor in enumerate((1.0, 1.0, 0.5, 0.0, 0.0)):
         sigma = sample_sigmas[step]
         on = float(run.sigma_end <= sigma <= run.sigma_start)
-        out, base = call(fade, key, host, sd15, sigma, sample_sigmas)
-        ref, _ = call(full, key, host, sd15, sigma, sample_sigmas)
+        out, base = call(fade, key, sigma, sample_sigmas)
+        ref, _ = call(full, key, sigma, sample_sigmas)
         assert torch.allclose(out - base, on * factor * (ref - base), atol=1e-6), step
-        gated, _ = call(ranged, key, host, sd15, sigma, sample_sigmas)
+        gated, _ = call(ranged, key, sigma, sample_sigmas)
         assert torch.allclose(gated - base, on * (ref - base), atol=1e-6), step
 
 
-def test_without_sample_sigmas_the_factor_is_one(sd15, apply, host, sample_sigmas):
+def test_without_sample_sigmas_the_factor_is_one(sd15, apply, sample_sigmas, call):
     key = ("output", 3, 0)
-    out, _ = call(apply(sd15, weight_schedule="linear in"), key, host, sd15, sample_sigmas[0])
-    ref, _ = call(apply(sd15), key, host, sd15, sample_sigmas[0])
+    out, _ = call(apply(sd15, weight_schedule="linear in"), key, sample_sigmas[0])
+    ref, _ = call(apply(sd15), key, sample_sigmas[0])
     assert torch.equal(out, ref)
 
 
@@ -143,12 +119,11 @@ def test_custom_0_1_equals_linear_in(sd15, apply, sample):
     ("custom", "1, two", "value 2 ('two') is not a number"),
     ("fade in", "", "weight_schedule"),
 ])
-def test_bad_schedule_stops_the_node_before_encoding(sd15, run_node, adapter, make_image, pack_module, kind,
-                                                    values, needle):
+def test_bad_schedule_stops_the_node_before_encoding(sd15, run_node, base_adapter, make_image, pack_module, kind, values, needle):
     """Checked first: the image (here without a clip_vision, which would fail later) is never encoded."""
     errors = pack_module("ip_adapter_core.errors")
     with pytest.raises(errors.InputError, match=r"^IPA Apply \(advanced\): input '") as e:
-        run_node("IPA_ApplyAdvanced", model=sd15, ipadapter=adapter, weight=1.0, weight_type="linear", start_at=0.0,
+        run_node("IPA_ApplyAdvanced", model=sd15, ipadapter=base_adapter, weight=1.0, weight_type="linear", start_at=0.0,
                  end_at=1.0, embeds_scaling="V only", image=make_image(0), weight_schedule=kind,
                  schedule_values=values)
     assert needle in str(e.value), str(e.value)
