@@ -6,6 +6,7 @@ from .encode import IPAEncode
 from .loader import IPAModelLoader, register_folder
 from .noise import IPANoiseImage
 from .prep import IPAPrepImage
+from .reweight import IPAReweight
 
 _NODES = {
     "IPA_ModelLoader": IPAModelLoader,
@@ -18,6 +19,7 @@ _NODES = {
     "IPA_PrepImage": IPAPrepImage,
     "IPA_SaveEmbeds": IPASaveEmbeds,
     "IPA_LoadEmbeds": IPALoadEmbeds,
+    "IPA_Reweight": IPAReweight,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

@@ -18,6 +18,7 @@ Design (see issue "near-zero cost per step"):
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import torch
@@ -131,6 +132,17 @@ class AdapterRun:
             hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
         return hit
 
+    def reweighted(self, factor: float) -> "AdapterRun":
+        """The same run with every weight multiplied by ``factor`` (tokens, adapter, range, mask and schedule shared).
+        Its K'/V' cache starts empty, since the weights are folded into K'/V'."""
+        run = copy.copy(self)
+        run.weight = self.weight * factor
+        run.site_weights = None if self.site_weights is None else tuple(w * factor for w in self.site_weights)
+        run._kv = {}
+        run._masks, run._values = dict(self._masks), dict(self._values)
+        run._gate_key, run._gate = None, None
+        return run
+
     def keep_device(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the model)."""
         self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
@@ -194,3 +206,21 @@ def install(model_patcher: Any, run: AdapterRun, site_keys: list[tuple[str, int,
         patch = current if isinstance(current, IPAttn2Patch) else IPAttn2Patch((), current)
         m.set_model_attn2_replace(patch.with_term(run, i), key[0], key[1], key[2])
     return m
+
+
+def reweight(model_patcher: Any, factor: float) -> tuple[Any, int]:
+    """A clone of ``model_patcher`` whose every IPA term uses its weights times ``factor``, and the number of adapter
+    applies found. Each apply is re-made once and shared by all its sites; foreign patches stay as they are."""
+    m = model_patcher.clone()
+    attn2 = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    runs: dict[AdapterRun, AdapterRun] = {}
+
+    def scaled(run: AdapterRun) -> AdapterRun:
+        if run not in runs:
+            runs[run] = run.reweighted(factor)
+        return runs[run]
+
+    for key, patch in list(attn2.items()):
+        if isinstance(patch, IPAttn2Patch):
+            m.set_model_attn2_replace(IPAttn2Patch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner), *key)
+    return m, len(runs)
