@@ -9,7 +9,9 @@ if importlib.util.find_spec("comfy") is None:
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 else:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_folder
+    from .nodes.web_api import register as register_routes
 
     register_folder()
+    register_routes()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
