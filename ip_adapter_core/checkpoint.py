@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -80,12 +81,17 @@ def validate_safetensors_header(path: str) -> dict:
     return header
 
 
+def is_safetensors(path: str) -> bool:
+    """True for a ``.safetensors`` / ``.sft`` name or safetensors content under any other name."""
+    return path.lower().endswith(SAFETENSORS_SUFFIXES) or _looks_like_safetensors(path)
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load every tensor of a file, safely. Nested ``.bin`` layouts are flattened as ``part.key``."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise CorruptFileError(f"'{path}' does not exist or is not a file.")
-    if path.lower().endswith(SAFETENSORS_SUFFIXES) or _looks_like_safetensors(path):
+    if is_safetensors(path):
         validate_safetensors_header(path)
         from safetensors.torch import load_file
 
@@ -93,8 +99,21 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types
             raise CorruptFileError(f"'{name}' could not be read as safetensors ({e}); download it again.") from None
+    return load_torch_file(path)
+
+
+def load_torch_file(path: str, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A ``.bin`` / ``.pt`` state dict through ``torch.load(weights_only=True)``, flattened as ``part.key``.
+
+    mmap=True maps the file instead of reading it: shapes and dtypes are known without reading tensor data (the file
+    must be in torch's zip format, the default since torch 1.6; an older one raises CorruptFileError saying so).
+    """
+    name = os.path.basename(path)
+    if mmap and not zipfile.is_zipfile(path):
+        raise CorruptFileError(f"'{name}' is not in torch's zip format (an old .bin, or not a torch file): its tensors "
+                               "cannot be listed without loading it all.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         culprit = re.search(r"GLOBAL ([\w.]+)", str(e))
         if culprit is None:  # not a refused Python object: the bytes are not a valid pickle at all

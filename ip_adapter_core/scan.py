@@ -1,0 +1,310 @@
+"""What the files in the model folders are, from their tensor headers only: no tensor data is read.
+
+Adapters: the variant (an AdapterSpec) from the names and shapes in a safetensors header or a memory-mapped ``.bin``.
+CLIP vision encoders: widths and image size from their header, in both layouts ComfyUI loads (transformers
+``vision_model.*`` + ``visual_projection`` and open_clip ``visual.*``). Presets: which adapters a unified-loader preset
+accepts, the published file names to suggest when none is there, and the documented choice among several.
+Scans are cached by (real path, size, modification time): an unchanged file is never read twice.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .checkpoint import guess_kind, is_safetensors, load_torch_file, split_parts, validate_safetensors_header
+from .errors import CorruptFileError, InputError, IPAdapterError
+from .spec import AdapterSpec, FAMILY_LABEL, detect_spec
+
+TensorShapes = dict[str, tuple[tuple[int, ...], str]]
+
+_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+
+
+def read_tensor_shapes(path: str) -> TensorShapes:
+    """{tensor name: (shape, dtype)} of a ``.safetensors`` (validated header) or a zip-format ``.bin`` / ``.pt``
+    (``torch.load(mmap=True, weights_only=True)``: mapped, not read). Raises CorruptFileError."""
+    if not os.path.isfile(path):
+        raise CorruptFileError(f"'{path}' does not exist or is not a file.")
+    if is_safetensors(path):
+        header = validate_safetensors_header(path)
+        return {k: (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for k, v in header.items() if k != "__metadata__"}
+    return {k: (tuple(t.shape), _DTYPE_NAMES.get(t.dtype, str(t.dtype))) for k, t in load_torch_file(path, mmap=True).items()}
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+@dataclass(frozen=True)
+class AdapterScan:
+    """spec: the detected variant, or None with ``problem`` saying why the file is not a usable adapter."""
+
+    spec: AdapterSpec | None
+    problem: str | None = None
+
+
+def scan_adapter(path: str) -> AdapterScan:
+    """The variant of the adapter file at ``path`` from its header (cached)."""
+    return _cached("adapter", path, _scan_adapter)
+
+
+def _scan_adapter(path: str) -> AdapterScan:
+    name = f"'{os.path.basename(path)}'"
+    try:
+        meta = {k: torch.empty(shape, device="meta") for k, (shape, _) in read_tensor_shapes(path).items()}
+        parts = split_parts(meta, name=name)
+        return AdapterScan(detect_spec(parts.image_proj, parts.ip_adapter, name=name))
+    except IPAdapterError as e:
+        return AdapterScan(None, str(e))
+
+
+# ---------------------------------------------------------------------------------------------- CLIP vision
+
+# (hidden, projection) -> name of the published encoder with those widths (for messages; matching uses widths).
+_REAL_ENCODERS = {(1280, 1024): "CLIP ViT-H", (1664, 1280): "CLIP ViT-bigG", (1024, 768): "CLIP ViT-L"}
+# Layouts ComfyUI's comfy.clip_vision.load accepts: patch conv, position embedding, projection (and whether it is
+# stored transposed, [hidden, proj]), per-layer key prefix.
+_LAYOUTS = (
+    ("vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.position_embedding.weight",
+     "visual_projection.weight", False, "vision_model.encoder.layers."),
+    ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", True, "visual.transformer.resblocks."),
+)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """A CLIP vision encoder's widths: hidden (penultimate states), projection (image embeds; None without one)."""
+
+    hidden: int
+    projection: int | None
+    image_size: int
+    patch: int
+    layers: int
+
+    @property
+    def name(self) -> str:
+        real = _REAL_ENCODERS.get((self.hidden, self.projection))
+        if real == "CLIP ViT-L" and self.image_size != 224:
+            return f"{real} ({self.image_size} px)"
+        return real or "a CLIP vision encoder"
+
+    def describe(self) -> str:
+        proj = f"projection {self.projection}" if self.projection else "no projection"
+        return f"{self.name} (hidden {self.hidden}, {proj}, {self.image_size} px, {self.layers} layers)"
+
+    def serves(self, spec: AdapterSpec) -> bool:
+        """True when the encoder gives what the adapter's projection reads (the width is the whole need)."""
+        width = self.projection if spec.encoder_input == "image_embeds" else self.hidden
+        return width == spec.encoder_dim
+
+
+@dataclass(frozen=True)
+class EncoderScan:
+    encoder: EncoderInfo | None
+    problem: str | None = None
+
+
+def scan_clip_vision(path: str) -> EncoderScan:
+    """The widths of the CLIP vision file at ``path`` from its header (cached)."""
+    return _cached("clip_vision", path, _scan_clip_vision)
+
+
+def _scan_clip_vision(path: str) -> EncoderScan:
+    try:
+        shapes = read_tensor_shapes(path)
+    except IPAdapterError as e:
+        return EncoderScan(None, str(e))
+    return encoder_from_shapes(shapes, name=f"'{os.path.basename(path)}'")
+
+
+def encoder_from_shapes(shapes: TensorShapes, *, name: str = "the file") -> EncoderScan:
+    for patch_key, pos_key, proj_key, transposed, layer_prefix in _LAYOUTS:
+        if patch_key not in shapes:
+            continue
+        patch, pos, proj = shapes[patch_key][0], shapes.get(pos_key, ((),))[0], shapes.get(proj_key, (None,))[0]
+        grid = pos[0] - 1 if len(pos) == 2 else -1
+        side = math.isqrt(grid) if grid > 0 else 0
+        if len(patch) != 4 or side * side != grid or (proj is not None and len(proj) != 2):
+            return EncoderScan(None, f"{name} has a CLIP vision layout but unexpected shapes (patch embedding "
+                                     f"{patch}, position embedding {pos}, projection {proj}); the file is damaged.")
+        layer = re.compile(re.escape(layer_prefix) + r"(\d+)\.")
+        layers = len({m.group(1) for k in shapes if (m := layer.match(k))})
+        projection = None if proj is None else int(proj[1] if transposed else proj[0])
+        return EncoderScan(EncoderInfo(hidden=int(patch[0]), projection=projection, image_size=side * int(patch[2]),
+                                       patch=int(patch[2]), layers=layers))
+    keys = {k: None for k in shapes}
+    if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
+        what = "an IP-Adapter (it belongs in models/ipadapter)"
+    else:
+        what = guess_kind(keys)
+    return EncoderScan(None, f"{name} is not a CLIP vision encoder ComfyUI loads: it looks like {what}.")
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+_cache: dict[tuple[str, str], tuple[tuple[int, int], object]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(what: str, path: str, scan: Callable[[str], object]):
+    """scan(path), remembered per real path until the file's size or modification time changes."""
+    st = os.stat(path)
+    key, stamp = (what, os.path.realpath(path)), (st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    result = scan(path)
+    with _cache_lock:
+        _cache[key] = (stamp, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+ENCODER_FILES = {"CLIP ViT-H": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+                 "CLIP ViT-bigG": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"}
+
+
+def _bigg_base(s: AdapterSpec) -> bool:
+    """A base adapter reading 1280-wide image embeds: the ViT-bigG projection width."""
+    return s.kind == "base" and s.encoder_dim == 1280
+
+
+@dataclass(frozen=True)
+class Preset:
+    """label: what it selects, for messages. accepts: the test on the detected variant. examples: family -> the
+    published file to suggest (a family missing = none published). prefer / avoid: words that order files whose
+    tensors are identical (standard / light, plus / plus face / composition), after the tensors decided."""
+
+    label: str
+    accepts: Callable[[AdapterSpec], bool]
+    encoder: str
+    examples: dict[str, str]
+    prefer: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+
+
+_STANDARD = {"sd15": "ip-adapter_sd15.safetensors", "sdxl": "ip-adapter_sdxl_vit-h.safetensors"}
+_H = "CLIP ViT-H"
+PRESETS: dict[str, Preset] = {
+    "standard": Preset("a standard (base, ViT-H) adapter", lambda s: s.kind == "base" and not _bigg_base(s), _H,
+                       _STANDARD, avoid=("light",)),
+    "light": Preset("a light adapter (SD1.5 base, ViT-H; same tensors as standard)",
+                    lambda s: s.kind == "base" and not _bigg_base(s) and s.family == "sd15", _H,
+                    {"sd15": "ip-adapter_sd15_light_v11.bin"}, prefer=("light",)),
+    "vit-G": Preset("a ViT-bigG base adapter", _bigg_base, "CLIP ViT-bigG",
+                    {"sd15": "ip-adapter_sd15_vit-G.safetensors", "sdxl": "ip-adapter_sdxl.safetensors"}),
+    "plus": Preset("a Plus adapter", lambda s: s.kind == "plus", _H,
+                   {"sd15": "ip-adapter-plus_sd15.safetensors", "sdxl": "ip-adapter-plus_sdxl_vit-h.safetensors"},
+                   avoid=("face", "composition")),
+    "plus face": Preset("a Plus face adapter (same tensors as Plus)", lambda s: s.kind == "plus", _H,
+                        {"sd15": "ip-adapter-plus-face_sd15.safetensors",
+                         "sdxl": "ip-adapter-plus-face_sdxl_vit-h.safetensors"}, prefer=("face",)),
+    "full face": Preset("a Full face adapter", lambda s: s.kind == "full_face", _H,
+                        {"sd15": "ip-adapter-full-face_sd15.safetensors"}),
+    "composition": Preset("a composition adapter (Plus layout)", lambda s: s.kind == "plus", _H,
+                          {"sd15": "ip_plus_composition_sd15.safetensors", "sdxl": "ip_plus_composition_sdxl.safetensors"},
+                          prefer=("composition",)),
+    "any": Preset("any adapter", lambda s: True, _H, _STANDARD),
+}
+
+
+def choice_key(preset: Preset, name: str) -> tuple:
+    """Order among files that all fit: preset words in the name (only ever between files the tensors already
+    accepted), then .safetensors before .bin, then the name."""
+    low = name.lower()
+    hint = (not any(w in low for w in preset.prefer) if preset.prefer else False) or any(w in low for w in preset.avoid)
+    return (hint, not low.endswith((".safetensors", ".sft")), low, name)
+
+
+# ---------------------------------------------------------------------------------------------- the choice
+
+@dataclass(frozen=True)
+class Found:
+    """One file of a model folder: its name as ComfyUI lists it, the folder, and its scan."""
+
+    name: str
+    folder: str
+    path: str
+    scan: AdapterScan | EncoderScan
+
+
+@dataclass(frozen=True)
+class Choice:
+    adapter: Found
+    encoder: Found
+    others: tuple[str, ...] = field(default=())  # other adapter files that fit too
+    same_tensors: bool = False  # the choice among ``others`` was made by name: their variants are identical
+
+
+def choose(preset_name: str, adapters: Sequence[Found], encoders: Sequence[Found], *,
+           fits_model: Callable[[AdapterSpec], str | None], model_label: str, family: str | None,
+           adapter_folders: Sequence[str], encoder_folders: Sequence[str], pinned: bool = False) -> Choice:
+    """The adapter + CLIP vision pair for a preset, or InputError listing every file found and what is needed.
+
+    fits_model(spec) -> None when the adapter fits the model, else a short reason. pinned: the one adapter given is
+    taken whatever the preset.
+    """
+    preset = PRESETS[preset_name]
+    notes: dict[int, str] = {}
+    fitting: list[tuple[Found, Found]] = []
+    for i, a in enumerate(adapters):
+        spec = a.scan.spec
+        if spec is None:
+            notes[i] = f"not usable: {a.scan.problem}"
+            continue
+        why = None if pinned or preset.accepts(spec) else f"not {preset.label}"
+        why = why or fits_model(spec)
+        served = sorted((e for e in encoders if e.scan.encoder is not None and e.scan.encoder.serves(spec)),
+                        key=lambda e: choice_key(PRESETS["any"], e.name))
+        if why is None and not served:
+            what = "image embeds" if spec.encoder_input == "image_embeds" else "hidden states"
+            why = f"no CLIP vision file gives its {spec.encoder_dim}-wide {what} ({spec.encoder_name})"
+        if why is None:
+            fitting.append((a, served[0]))
+        else:
+            notes[i] = f"{spec.describe()}: {why}"
+    if fitting:
+        fitting.sort(key=lambda pair: choice_key(preset, pair[0].name))
+        best = fitting[0]
+        others = tuple(a.name for a, _ in fitting[1:])
+        same = any(a.scan.spec == best[0].scan.spec for a, _ in fitting[1:])
+        return Choice(adapter=best[0], encoder=best[1], others=others, same_tensors=same)
+    raise InputError(_nothing_fits(preset_name, preset, adapters, encoders, notes, model_label, family,
+                                   adapter_folders, encoder_folders, pinned))
+
+
+def _listing(kind: str, folders: Sequence[str], found: Sequence[Found], text: Callable[[int, Found], str]) -> str:
+    lines = [f"Found in the {kind} folder(s):"]
+    for folder in folders:
+        mine = [(i, f) for i, f in enumerate(found) if f.folder == folder]
+        body = "; ".join(f"{f.name}: {text(i, f)}" for i, f in mine) if mine else "no model files"
+        lines.append(f"- {folder}: {body}")
+    return "\n".join(lines)
+
+
+def _nothing_fits(preset_name: str, preset: Preset, adapters: Sequence[Found], encoders: Sequence[Found],
+                  notes: dict[int, str], model_label: str, family: str | None, adapter_folders: Sequence[str],
+                  encoder_folders: Sequence[str], pinned: bool) -> str:
+    head = (f"the pinned ipadapter_file does not fit this model ({model_label})" if pinned else
+            f"no adapter file fits preset '{preset_name}' and this model ({model_label})")
+    adapter_list = _listing("ipadapter", adapter_folders, adapters, lambda i, f: notes.get(i, "?"))
+    encoder_list = _listing("clip_vision", encoder_folders, encoders,
+                            lambda i, f: f.scan.encoder.describe() if f.scan.encoder else f"not usable: {f.scan.problem}")
+    example = preset.examples.get(family or "")
+    a_dir = adapter_folders[0] if adapter_folders else "models/ipadapter"
+    e_dir = encoder_folders[0] if encoder_folders else "models/clip_vision"
+    fam = FAMILY_LABEL.get(family or "", model_label)
+    if pinned:
+        need = "Choose ipadapter_file 'auto' or a file listed above that fits."
+    elif example:
+        need = (f"Needed: {preset.label} for {fam}, e.g. put {example} in {a_dir}, and its encoder {preset.encoder} "
+                f"(e.g. put {ENCODER_FILES[preset.encoder]} in {e_dir}).")
+    else:
+        need = f"Needed: {preset.label} for {fam}; none is published for {fam}, choose another preset."
+    return "\n".join((head + ".", adapter_list, encoder_list, need))
