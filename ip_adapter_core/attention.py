@@ -31,7 +31,7 @@ def concat_images(cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tenso
 def batch_for_chunks(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond: Sequence[int], per_chunk: int) -> torch.Tensor:
     """Lay out per-chunk tokens to match the UNet batch.
 
-    cond, uncond: (1, T, X). cond_or_uncond: ComfyUI's chunk order (0 = cond, anything else = uncond), any order.
+    cond, uncond: (1, T, X) shared by every latent of a chunk, or (per_chunk, T, X) one row per latent. cond_or_uncond: ComfyUI's chunk order (0 = cond, anything else = uncond), any order.
     Returns (len(cond_or_uncond) * per_chunk, T, X).
     """
     parts = [(cond if c == 0 else uncond).expand(per_chunk, -1, -1) for c in cond_or_uncond]
@@ -51,33 +51,48 @@ def site_kv(
     dtype: torch.dtype,
     scaling: str = "V only",
     swap: bool = False,
+    frame_weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K' and w * V' for one site, laid out for the batch and split into heads:
     each (len(cond_or_uncond) * per_chunk, heads, T, hidden // heads), contiguous.
 
-    cond_tokens, uncond_tokens: (1, T, C) each (see :func:`concat_images`).
-    to_kv: tokens (2, T, C) -> (K', V'), the site's to_k_ip / to_v_ip. The weight is folded into V' because
+    cond_tokens, uncond_tokens: (1, T, C) shared by every latent (see :func:`concat_images`), or (per_chunk, T, C):
+    row i for latent i of each chunk (unfolded batches, ip_adapter_core.frames); the two may differ in rows.
+    to_kv: tokens (R, T, C) -> (K', V'), the site's to_k_ip / to_v_ip. The weight is folded into V' because
     softmax(Q K'^T) (w V') = w softmax(Q K'^T) V', which saves a multiply per layer and step; the other
     ``scaling`` modes (:func:`scale_kv`) fold it into K' and V' the same way, once.
     swap: the precise weight types' swap: the uncond chunk gets the cond tokens and the cond chunk zero tokens.
+    frame_weights: per_chunk factors, latent i of every chunk (cond and uncond) uses weight * frame_weights[i];
+    a factor 0 makes that latent's term exactly 0 in every scaling mode.
     """
     if swap:
         cond_tokens, uncond_tokens = torch.zeros_like(cond_tokens), cond_tokens
+    rows = cond_tokens.shape[0]
     tokens = torch.cat((cond_tokens, uncond_tokens), dim=0).to(device=device, dtype=dtype)
     k, v = to_kv(tokens)
-    k, v = scale_kv(k, v, weight=weight, scaling=scaling, width=k.shape[-1])
-    return (split_heads(batch_for_chunks(k[:1], k[1:], cond_or_uncond, per_chunk), heads),
-            split_heads(batch_for_chunks(v[:1], v[1:], cond_or_uncond, per_chunk), heads))
+    parts = [(k[:rows], v[:rows]), (k[rows:], v[rows:])]
+    if frame_weights is None:
+        parts = [scale_kv(pk, pv, weight=weight, scaling=scaling, width=k.shape[-1]) for pk, pv in parts]
+    else:
+        if len(frame_weights) != per_chunk:
+            raise ValueError(f"frame_weights: {len(frame_weights)} factors for {per_chunk} latents per chunk")
+        w = torch.tensor([weight * f for f in frame_weights], device=device, dtype=k.dtype).reshape(-1, 1, 1)
+        parts = [scale_kv(pk.expand(per_chunk, -1, -1), pv.expand(per_chunk, -1, -1), weight=w, scaling=scaling,
+                          width=k.shape[-1]) for pk, pv in parts]
+    (kc, vc), (ku, vu) = parts
+    return (split_heads(batch_for_chunks(kc, ku, cond_or_uncond, per_chunk), heads),
+            split_heads(batch_for_chunks(vc, vu, cond_or_uncond, per_chunk), heads))
 
 
 EMBEDS_SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 
 
-def scale_kv(k: torch.Tensor, v: torch.Tensor, *, weight: float, scaling: str,
+def scale_kv(k: torch.Tensor, v: torch.Tensor, *, weight: float | torch.Tensor, scaling: str,
              width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold the site's effective weight w into K', V' (the incumbent's embeds_scaling, CrossAttentionPatch.py:186-207).
 
-    k, v: (B, T, C); width: the site's inner width C (k.shape[-1]). With w' = w * C / 1280:
+    k, v: (B, T, C); width: the site's inner width C (k.shape[-1]); weight: a number, or a (B, 1, 1) tensor of
+    per-row weights (per-frame weights). With w' = w * C / 1280:
       "V only"                  (K', w V')                         = w Attn(K', V'), the official scale
       "K+V"                     (w K', w V')
       "K+V w/ C penalty"        (w' K', w' V')
@@ -92,10 +107,11 @@ def scale_kv(k: torch.Tensor, v: torch.Tensor, *, weight: float, scaling: str,
     if scaling == "K+V w/ C penalty":
         return k * w, v * w
     check_scaling(scaling)
-    if w == 0:
+    if not isinstance(w, torch.Tensor) and w == 0:
         return k * w, v * w
     mean = v.mean(dim=1, keepdim=True)
-    return k * w, (v - mean) + mean * w
+    scaled = (v - mean) + mean * w
+    return k * w, (scaled if not isinstance(w, torch.Tensor) else torch.where(w == 0, torch.zeros_like(scaled), scaled))
 
 
 def check_scaling(scaling: str) -> None:

@@ -14,6 +14,7 @@ in and out of the small grids) and bilinear on an axis that grows, and flattened
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,11 +83,17 @@ def site_mask(mask: torch.Tensor, *, latent_hw: tuple[int, int], tokens: int) ->
     return resize_mask(mask, grid).reshape(mask.shape[0], tokens, 1)
 
 
-def batch_mask(per_site: torch.Tensor, *, per_chunk: int, chunks: int) -> torch.Tensor:
+def batch_mask(per_site: torch.Tensor, *, per_chunk: int, chunks: int, frames: Sequence[int] | None = None,
+               full_length: int | None = None) -> torch.Tensor:
     """(M, N, 1) -> (chunks * per_chunk, N, 1), the same mask for every cond / uncond chunk.
 
-    M == per_chunk: one mask per latent in the batch; any other M: mask 0 for every latent.
+    In an AnimateDiff context window (``frames``: the full-video frame of each of the per_chunk latents, and the
+    video's ``full_length``, ip_adapter_core.frames) a batch of M == full_length masks is one mask per video frame:
+    latent i gets mask frames[i]. Otherwise M == per_chunk: one mask per latent in the batch; any other M: mask 0
+    for every latent.
     """
-    if per_site.shape[0] != per_chunk:
+    if frames is not None and full_length is not None and per_site.shape[0] == full_length:
+        per_site = per_site[[min(int(f), full_length - 1) for f in frames]]
+    elif per_site.shape[0] != per_chunk:
         per_site = per_site[:1].expand(per_chunk, -1, -1)
     return per_site.repeat(chunks, 1, 1)

@@ -66,6 +66,24 @@ SCHEDULE_VALUES = ("STRING", {
                "separated by commas, e.g. '1, 0.8, 0.2'; spread evenly over the steps and linearly interpolated, "
                "then multiplied by weight. Ignored by the other schedules."})
 
+UNFOLD_BATCH = ("BOOLEAN", {
+    "default": False,
+    "tooltip": "For batches and animation: image i of the reference batch drives latent i (frame i) only; with "
+               "fewer images than latents the last image is repeated, extra images are ignored. Off = every "
+               "reference image is used together on every latent. AnimateDiff context windows pick their frames."})
+FRAME_WEIGHTS = ("STRING", {
+    "default": "", "multiline": True,
+    "tooltip": "Optional per-latent (per-frame) factors on the weight, separated by commas or lines, e.g. "
+               "'1, 0.5, 0': latent i uses entry i, later latents the last entry; 0 = that frame is left exactly "
+               "as without the adapter. Works with unfold_batch on or off. Empty = 1 for every frame."})
+COMPATIBILITY_MODES = ("this pack", "ComfyUI_IPAdapter_plus")
+COMPATIBILITY = (list(COMPATIBILITY_MODES), {
+    "default": "this pack",
+    "tooltip": "'this pack' = the reference implementation. 'ComfyUI_IPAdapter_plus' = reproduce the old "
+               "IPAdapter_plus nodes for workflows migrated from them: no image prompt on the middle block (the old "
+               "pack's middle-block patch never ran on current ComfyUI) and, when this node encodes the image "
+               "itself, a black image as the negative image prompt."})
+
 
 def reports(node_name: str) -> Callable:
     """Prefix every IPAdapterError raised inside a node function with the node's display name."""

@@ -15,6 +15,11 @@ Design (see issue "near-zero cost per step"):
   one (1,1,1) tensor per step and adapter, so a site still pays one multiply. "constant" adds nothing.
 - An attention mask is resized once per (site, latent shape, device, dtype, batch layout) and cached like K'/V';
   a step adds one multiply per site. Without a mask nothing is added.
+- Batches and animation (ip_adapter_core.frames): unfolded images (image i -> latent i) and per-frame weights are
+  laid out per latent inside the cached K'/V', so they cost nothing per step. AnimateDiff context windows
+  (extra_options["ad_params"]: sub_idxs, full_length) pick the window's frames; the caches are then keyed by the
+  window's sub_idxs as well.
+- Sites whose term is provably 0 (weight 0 on every frame) get no patch at all (see :func:`install`).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
 from ...ip_adapter_core.embeds import ImageTokens
+from ...ip_adapter_core.frames import frame_factors, frame_indices, full_length, pick, window_frames
 from ...ip_adapter_core.masks import batch_mask, site_mask
 from ...ip_adapter_core.schedule import WeightSchedule, schedule_factor, step_progress
 
@@ -38,16 +44,25 @@ class AdapterRun:
     def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
                  full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
                  swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None,
-                 schedule: WeightSchedule = WeightSchedule(), start_at: float = 0.0, end_at: float = 1.0) -> None:
+                 schedule: WeightSchedule = WeightSchedule(), start_at: float = 0.0, end_at: float = 1.0,
+                 unfold: bool = False, frame_weights: tuple[float, ...] | None = None) -> None:
         """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
         ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
         All three are folded into the cached K'/V', so a step costs the same whatever they are.
         mask: (M, H, W) in 0..1 (ip_adapter_core.masks.prepare_mask) or None; resized once per site and latent
         shape, then one multiply per site and step.
         schedule: the per-step weight schedule over start_at..end_at (fractions of the run's steps); "constant" =
-        none. It joins the step's gate (see :meth:`gate`)."""
+        none. It joins the step's gate (see :meth:`gate`).
+        unfold: image i drives latent i (frame i; the last image for later frames) instead of all images sharing one
+        attention on every latent. frame_weights: per-frame factors multiplied into every site's weight (frame i
+        uses entry min(i, len - 1)), None = 1 everywhere."""
         self.adapter = adapter
+        self.unfold = bool(unfold)
+        self.images = tokens.cond
         self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
+        if self.unfold:
+            self.uncond = tokens.uncond[:1]
+        self.frame_weights = None if frame_weights is None else tuple(float(f) for f in frame_weights)
         self.weight = float(weight)
         self.site_weights = None if site_weights is None else tuple(float(w) for w in site_weights)
         self.scaling = scaling
@@ -66,38 +81,53 @@ class AdapterRun:
     def __deepcopy__(self, memo: dict) -> "AdapterRun":
         return self
 
-    def kv(self, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """K', w*V' of ``site`` for this batch layout (split into heads), from the cache after the first call."""
+    @property
+    def per_frame(self) -> bool:
+        """True when K'/V' differ per latent (unfold or frame weights), so they depend on the context window."""
+        return self.unfold or self.frame_weights is not None
+
+    def kv(self, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int],
+           frames: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K', w*V' of ``site`` for this batch layout (split into heads), from the cache after the first call.
+        frames: the context window's frame of each latent of a chunk (ip_adapter_core.frames.window_frames)."""
         per = q.shape[0] // len(cond_or_uncond)
-        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per, heads)
+        frames = frames if self.per_frame else None
+        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per, heads, frames)
         hit = self._kv.get(key)
         if hit is None:
             if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                 self._kv.clear()
             model = self.adapter.model
             weight = self.weight if self.site_weights is None else self.site_weights[site]
-            hit = site_kv(lambda t: model.site_kv(site, t), self.cond, self.uncond, weight=weight,
+            index = frame_indices(frames, per)
+            cond = self.images[list(pick(self.images.shape[0], index))] if self.unfold else self.cond
+            factors = None if self.frame_weights is None else frame_factors(self.frame_weights, index)
+            hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=weight,
                           cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
-                          scaling=self.scaling, swap=site in self.swap_sites)
+                          scaling=self.scaling, swap=site in self.swap_sites, frame_weights=factors)
             self._kv[key] = hit
         return hit
 
-    def site_mask(self, site: int, q: torch.Tensor, extra_options: dict,
-                  cond_or_uncond: list[int]) -> torch.Tensor | None:
+    def site_mask(self, site: int, q: torch.Tensor, extra_options: dict, cond_or_uncond: list[int],
+                  frames: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """None without a mask; else the (B, Nq, 1) multiplier of ``site`` for this latent shape and batch layout,
-        the same for cond and uncond chunks, from the cache after the first call."""
+        the same for cond and uncond chunks, from the cache after the first call. In a context window (``frames``)
+        a mask batch as long as the whole video gives latent i the mask of its frame."""
         if self.mask is None:
             return None
         shape = extra_options.get("original_shape")
         latent_hw = tuple(shape[-2:]) if shape is not None and len(shape) >= 4 else tuple(self.mask.shape[-2:])
         per = q.shape[0] // len(cond_or_uncond)
-        key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond))
+        length = None if frames is None else full_length(extra_options.get("ad_params"))
+        window = (frames, length) if length is not None and length == self.mask.shape[0] else None
+        key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond), window)
         hit = self._masks.get(key)
         if hit is None:
             if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                 self._masks.clear()
             m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
-            hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond)).to(q.dtype)
+            hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
+                             full_length=length).to(q.dtype)
             self._masks[key] = hit
         return hit
 
@@ -167,10 +197,11 @@ class IPAttn2Patch:
             out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                       transformer_options=extra_options)
         cond_or_uncond = extra_options["cond_or_uncond"]
+        frames = window_frames(extra_options.get("ad_params"), q.shape[0] // len(cond_or_uncond))
         for run, site in self.terms:
-            k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond)
+            k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond, frames)
             out = add_image_term(out, q, k_ip, v_ip, run.gate(extra_options, out.dtype),
-                                 run.site_mask(site, q, extra_options, cond_or_uncond))
+                                 run.site_mask(site, q, extra_options, cond_or_uncond, frames))
         return out
 
     def with_term(self, run: AdapterRun, site: int) -> "IPAttn2Patch":
@@ -195,12 +226,14 @@ class IPAttn2Patch:
         return found
 
 
-def install(model_patcher: Any, run: AdapterRun, site_keys: list[tuple[str, int, int]]) -> Any:
-    """A clone of ``model_patcher`` with ``run``'s term on every site; site_keys[i] gets checkpoint layer 2i+1."""
+def install(model_patcher: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> Any:
+    """A clone of ``model_patcher`` with ``run``'s term on the given sites: (i, key) pairs, where i is the site's
+    position in the model's site list (checkpoint layer 2i+1) and key its attn2 key. Sites left out get no patch
+    (apply_adapter leaves out those whose term is provably 0)."""
     m = model_patcher.clone()
     to = m.model_options.setdefault("transformer_options", {})
     existing = to.get("patches_replace", {}).get("attn2", {})
-    for i, key in enumerate(site_keys):
+    for i, key in sites:
         # ComfyUI tries (block, id, index) first, then (block, id): a foreign 2-tuple patch covers every index.
         current = existing.get(key, existing.get(key[:2]))
         patch = current if isinstance(current, IPAttn2Patch) else IPAttn2Patch((), current)
