@@ -13,8 +13,8 @@ Geometry (all in reference pixels, H x W, short side s = min(H, W), long side l 
   t) between neighbours span the short side.
 - Along each axis of length L the tiles start at ``round(i * (L - t) / (n - 1))``, i = 0..n-1, the least n whose
   even spacing keeps neighbours overlapping by at least ``overlap * t`` (n = 1 when L <= t; starts at least one
-  pixel apart). The first tile starts
-  at 0 and the last ends at L: the whole image is covered, nothing is cropped, the leftover overlap is spread evenly.
+  pixel apart). The first tile starts at 0 and the last ends at L: the whole image is covered, nothing is cropped,
+  the leftover overlap is spread evenly.
 - Tiles are numbered row-major (top row first, left to right).
 
 Masks (:func:`tile_masks`): tile k's rectangle drawn on a canvas of any size (edges scaled and rounded), divided by

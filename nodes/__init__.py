@@ -7,6 +7,7 @@ from .loader import IPAModelLoader, register_folder
 from .noise import IPANoiseImage
 from .prep import IPAPrepImage
 from .reweight import IPAReweight
+from .tiled import IPAApplyTiled
 
 _NODES = {
     "IPA_ModelLoader": IPAModelLoader,
@@ -20,6 +21,7 @@ _NODES = {
     "IPA_SaveEmbeds": IPASaveEmbeds,
     "IPA_LoadEmbeds": IPALoadEmbeds,
     "IPA_Reweight": IPAReweight,
+    "IPA_ApplyTiled": IPAApplyTiled,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)
