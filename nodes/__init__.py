@@ -6,7 +6,9 @@ from .encode import IPAEncode
 from .loader import IPAModelLoader, register_folder
 from .noise import IPANoiseImage
 from .prep import IPAPrepImage
+from .regional import IPARegionalApply
 from .reweight import IPAReweight
+from .style_composition import IPAStyleComposition
 from .tiled import IPAApplyTiled
 
 _NODES = {
@@ -22,6 +24,8 @@ _NODES = {
     "IPA_LoadEmbeds": IPALoadEmbeds,
     "IPA_Reweight": IPAReweight,
     "IPA_ApplyTiled": IPAApplyTiled,
+    "IPA_StyleComposition": IPAStyleComposition,
+    "IPA_RegionalApply": IPARegionalApply,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)
