@@ -194,7 +194,7 @@ _H = "CLIP ViT-H"
 PRESETS: dict[str, Preset] = {
     "standard": Preset("a standard (base, ViT-H) adapter", lambda s: s.kind == "base" and not _bigg_base(s), _H,
                        _STANDARD, avoid=("light",)),
-    "light": Preset("a light adapter (SD1.5 base, ViT-H; same tensors as standard)",
+    "light": Preset("a light adapter (SD1.5 base, ViT-H)",
                     lambda s: s.kind == "base" and not _bigg_base(s) and s.family == "sd15", _H,
                     {"sd15": "ip-adapter_sd15_light_v11.bin"}, prefer=("light",)),
     "vit-G": Preset("a ViT-bigG base adapter", _bigg_base, "CLIP ViT-bigG",
@@ -202,7 +202,7 @@ PRESETS: dict[str, Preset] = {
     "plus": Preset("a Plus adapter", lambda s: s.kind == "plus", _H,
                    {"sd15": "ip-adapter-plus_sd15.safetensors", "sdxl": "ip-adapter-plus_sdxl_vit-h.safetensors"},
                    avoid=("face", "composition")),
-    "plus face": Preset("a Plus face adapter (same tensors as Plus)", lambda s: s.kind == "plus", _H,
+    "plus face": Preset("a Plus face adapter", lambda s: s.kind == "plus", _H,
                         {"sd15": "ip-adapter-plus-face_sd15.safetensors",
                          "sdxl": "ip-adapter-plus-face_sdxl_vit-h.safetensors"}, prefer=("face",)),
     "full face": Preset("a Full face adapter", lambda s: s.kind == "full_face", _H,
@@ -283,8 +283,8 @@ def _listing(kind: str, folders: Sequence[str], found: Sequence[Found], text: Ca
     lines = [f"Found in the {kind} folder(s):"]
     for folder in folders:
         mine = [(i, f) for i, f in enumerate(found) if f.folder == folder]
-        body = "; ".join(f"{f.name}: {text(i, f)}" for i, f in mine) if mine else "no model files"
-        lines.append(f"- {folder}: {body}")
+        lines.append(f"- {folder}:" + ("" if mine else " no model files"))
+        lines += [f"    {f.name}: {text(i, f)}" for i, f in mine]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from .regional import IPARegionalApply
 from .reweight import IPAReweight
 from .style_composition import IPAStyleComposition
 from .tiled import IPAApplyTiled
+from .unified_loader import IPAUnifiedLoader
 
 _NODES = {
     "IPA_ModelLoader": IPAModelLoader,
@@ -26,6 +27,7 @@ _NODES = {
     "IPA_ApplyTiled": IPAApplyTiled,
     "IPA_StyleComposition": IPAStyleComposition,
     "IPA_RegionalApply": IPARegionalApply,
+    "IPA_UnifiedLoader": IPAUnifiedLoader,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import comfy.clip_vision
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ...ip_adapter_core.checkpoint import load_adapter_parts
 from ...ip_adapter_core.embeds import fingerprint
+from ...ip_adapter_core.errors import InputError
 from ...ip_adapter_core.projection import IPAdapterModel
 from ...ip_adapter_core.sites import Site, checkpoint_order
 from ...ip_adapter_core.spec import AdapterSpec, detect_spec
@@ -135,3 +138,43 @@ def encode_zero_pixels(clip_vision: Any) -> torch.Tensor:
     pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
     out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
     return out[1].to(mm.intermediate_device()).float()
+
+
+_clip_cache: "weakref.WeakValueDictionary[tuple, Any]" = weakref.WeakValueDictionary()
+
+
+def load_clip_vision(path: str) -> Any:
+    """A CLIP_VISION from a file (or the one already loaded); cached by real path, size and modification time.
+
+    ComfyUI's own loader (``comfy.clip_vision.load``) first; it recognises the published encoders by their layer
+    count. A file it does not recognise loads from the ``<name>.json`` config next to it (ClipVisionModel's own
+    config format), when there is one; every weight must then fit that config.
+    """
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    name = os.path.basename(path)
+    with _cache_lock:
+        hit = _clip_cache.get(key)
+        if hit is not None:
+            return hit
+        try:
+            model = comfy.clip_vision.load(path)
+        except Exception as e:  # a recognised layer count with other widths: fall back to a config next to it
+            model, failure = None, f"{type(e).__name__}: {str(e)[:200]}"
+        else:
+            failure = "it is not one of the encoders ComfyUI recognises"
+        config = os.path.splitext(path)[0] + ".json"
+        if model is None and os.path.isfile(config):
+            model = comfy.clip_vision.ClipVisionModel(config)
+            sd = comfy.utils.load_torch_file(path, safe_load=True)
+            if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
+                sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
+            missing, unexpected = model.load_sd(sd)
+            if missing or unexpected:
+                raise InputError(f"'{name}' does not fit its config {os.path.basename(config)}: missing "
+                                 f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}.")
+        if model is None:
+            raise InputError(f"ComfyUI cannot load '{name}' as a CLIP vision model ({failure}); use a published "
+                             f"encoder, or put its config as '{os.path.basename(config)}' next to it.")
+        _clip_cache[key] = model
+        return model

@@ -256,7 +256,7 @@ def test_no_encoder_for_the_adapter_is_explained():
         choose("plus", adapters(("b.safetensors", "ip-adapter-plus_sd15")), encoders(("g.safetensors", G_ENC)))
     msg = str(e.value)
     assert "1280-wide hidden states" in msg and "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in msg
-    assert "g.safetensors: CLIP ViT-bigG" in msg
+    assert "    g.safetensors: CLIP ViT-bigG" in msg
 
 
 def test_nothing_fits_lists_every_folder_file_and_what_to_put_where():
@@ -270,10 +270,10 @@ def test_nothing_fits_lists_every_folder_file_and_what_to_put_where():
                     adapter_folders=["/m/ipadapter", "/extra/ipadapter", "/empty"], encoder_folders=["/m/clip_vision"])
     msg = str(e.value)
     assert "preset 'plus'" in msg and "SDXL, 11 cross-attention layers" in msg
-    assert "- /m/ipadapter: x.safetensors: Base, SD1.5, 4 tokens, needs CLIP ViT-H: not a Plus adapter" in msg
-    assert "y.safetensors: Plus, SD1.5, 16 tokens, needs CLIP ViT-H: for sd15" in msg
-    assert "z.bin: not usable: 'z.bin' is truncated" in msg
-    assert "- /empty: no model files" in msg
+    assert "- /m/ipadapter:\n    x.safetensors: Base, SD1.5, 4 tokens, needs CLIP ViT-H: not a Plus adapter\n" in msg
+    assert "\n    y.safetensors: Plus, SD1.5, 16 tokens, needs CLIP ViT-H: for sd15\n" in msg
+    assert "\n    z.bin: not usable: 'z.bin' is truncated\n" in msg
+    assert "- /empty: no model files\n" in msg
     assert "put ip-adapter-plus_sdxl_vit-h.safetensors in /m/ipadapter" in msg
     assert "put CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors in /m/clip_vision" in msg
 

@@ -1,0 +1,127 @@
+"""IPA_UnifiedLoader: picks an adapter and its CLIP vision encoder for a MODEL from what the files contain.
+
+Every file of the ``ipadapter`` and ``clip_vision`` folders (extra_model_paths.yaml included) is identified from its
+tensor header (ip_adapter_core.scan, cached by path + size + modification time); file names never decide what a file
+is. The preset and the MODEL's cross-attention layout decide which adapters fit; the encoder is the file whose widths
+give what that adapter reads.
+"""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..ip_adapter_core.compat import check_model
+from ..ip_adapter_core.errors import IncompatibleError, InputError
+from ..ip_adapter_core.scan import PRESETS, Found, choose, scan_adapter, scan_clip_vision
+from ..ip_adapter_core.spec import FAMILY_BY_CONTEXT_DIM, FAMILY_LABEL, AdapterSpec
+from .common import ADAPTER, CATEGORY, reports
+from .loader import FOLDER
+from .patch.host import load_adapter, load_clip_vision, model_context_dim, model_sites
+
+CLIP_FOLDER = "clip_vision"
+AUTO = "auto"
+
+
+def _family_label(ctx: int | None) -> str:
+    fam = FAMILY_BY_CONTEXT_DIM.get(ctx) if ctx else None
+    return FAMILY_LABEL[fam] if fam else f"context width {ctx}"
+
+
+def _found(folder_name: str, scan) -> list[Found]:
+    """Every model file under every path registered for ``folder_name``, in folder order then name order."""
+    out = []
+    extensions = folder_paths.folder_names_and_paths[folder_name][1]
+    for folder in folder_paths.get_folder_paths(folder_name):
+        if not os.path.isdir(folder):
+            continue
+        names = folder_paths.filter_files_extensions(folder_paths.recursive_search(folder, excluded_dir_names=[".git"])[0],
+                                                     extensions)
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            out.append(Found(name=name.replace(os.sep, "/"), folder=folder, path=path, scan=scan(path)))
+    return out
+
+
+def _pinned(folder_name: str, name: str, scan, input_name: str) -> list[Found]:
+    path = folder_paths.get_full_path(folder_name, name)
+    if path is None:
+        raise InputError(f"input '{input_name}': '{name}' is not in the {folder_name} folders "
+                         f"{folder_paths.get_folder_paths(folder_name)}; choose 'auto' or a listed file.")
+    folder = next((f for f in folder_paths.get_folder_paths(folder_name)
+                   if os.path.abspath(path).startswith(os.path.abspath(f) + os.sep)), os.path.dirname(path))
+    return [Found(name=name, folder=folder, path=path, scan=scan(path))]
+
+
+class IPAUnifiedLoader:
+    DISPLAY_NAME = "IPA Unified Loader"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", ADAPTER, "CLIP_VISION")
+    RETURN_NAMES = ("model", "ipadapter", "clip_vision")
+    OUTPUT_TOOLTIPS = ("The input model, unchanged (passed through so old workflows keep their wiring).",
+                       "The chosen adapter, loaded once per file and shared.",
+                       "The CLIP vision encoder that adapter needs.")
+    FUNCTION = "load"
+    DESCRIPTION = ("Finds an IP-Adapter that fits the connected model and the CLIP vision encoder it needs, from what "
+                   "the files contain (tensor headers), never from their names. Shows what it loaded; when nothing "
+                   "fits, the error lists every file it found and what to put where.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD1.5 or SDXL model the adapter is for; passed through unchanged."}),
+                "preset": (list(PRESETS), {
+                    "default": "standard",
+                    "tooltip": "Which kind of adapter: standard (base, ViT-H), light (SD1.5), vit-G (base, ViT-bigG), "
+                               "plus, plus face, full face (SD1.5), composition, or any (whatever fits). Files are "
+                               "recognised by their tensors; the help page says how ties are broken."}),
+            },
+            "optional": {
+                "ipadapter_file": ([AUTO] + folder_paths.get_filename_list(FOLDER), {
+                    "default": AUTO,
+                    "tooltip": "'auto' = choose by preset; or pin one adapter file (it must fit the model)."}),
+                "clip_vision_file": ([AUTO] + folder_paths.get_filename_list(CLIP_FOLDER), {
+                    "default": AUTO,
+                    "tooltip": "'auto' = the CLIP vision file whose widths fit the adapter; or pin one file."}),
+            },
+        }
+
+    @reports(DISPLAY_NAME)
+    def load(self, model, preset: str, ipadapter_file: str = AUTO, clip_vision_file: str = AUTO):
+        if preset not in PRESETS:
+            raise InputError(f"input 'preset': '{preset}' is not one of {list(PRESETS)}.")
+        sites, ctx = model_sites(model), model_context_dim(model)
+        model_label = f"{_family_label(ctx)}, {len(sites)} cross-attention layers" if sites else "no UNet cross-attention"
+
+        def fits_model(spec: AdapterSpec) -> str | None:
+            try:
+                check_model(spec, sites, ctx, adapter_name="", where="")
+            except IncompatibleError:
+                if not sites:
+                    return "the model has no UNet cross-attention layers"
+                if ctx != spec.cross_attention_dim:
+                    return f"for {_family_label(spec.cross_attention_dim)}, but the model is {_family_label(ctx)}"
+                return f"its {spec.num_sites} layers do not match the model's {len(sites)}"
+            return None
+
+        pinned = ipadapter_file not in (None, "", AUTO)
+        adapters = (_pinned(FOLDER, ipadapter_file, scan_adapter, "ipadapter_file") if pinned
+                    else _found(FOLDER, scan_adapter))
+        encoders = (_found(CLIP_FOLDER, scan_clip_vision) if clip_vision_file in (None, "", AUTO)
+                    else _pinned(CLIP_FOLDER, clip_vision_file, scan_clip_vision, "clip_vision_file"))
+        choice = choose(preset, adapters, encoders, fits_model=fits_model, model_label=model_label,
+                        family=FAMILY_BY_CONTEXT_DIM.get(ctx), pinned=pinned,
+                        adapter_folders=folder_paths.get_folder_paths(FOLDER),
+                        encoder_folders=folder_paths.get_folder_paths(CLIP_FOLDER))
+        adapter = load_adapter(choice.adapter.path)
+        clip_vision = load_clip_vision(choice.encoder.path)
+        encoder = choice.encoder.scan.encoder
+        text = [f"{adapter.spec.describe()} — {choice.adapter.name} + {choice.encoder.name} ({encoder.name})"]
+        if pinned:
+            text.append("ipadapter_file pinned: the preset was not used.")
+        elif choice.others:
+            same = " (some with the same variant: tensors cannot tell them apart)" if choice.same_tensors else ""
+            text.append(f"Also fit: {', '.join(choice.others)}{same}. Chosen by preset words in the name, then "
+                        ".safetensors before .bin, then name; pin ipadapter_file to choose another.")
+        return {"ui": {"text": text}, "result": (model, adapter, clip_vision)}

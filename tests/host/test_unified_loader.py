@@ -1,0 +1,173 @@
+"""IPA_UnifiedLoader on a real ComfyUI: folders registered through folder_paths, tiny adapters and tiny CLIP vision
+files written by the tests, adapters and encoders picked from their tensors (file names chosen to mislead).
+
+Each test gets its own ipadapter folders (two, like a models/ folder plus an extra_model_paths.yaml one) and
+clip_vision folder, set in folder_paths for the test only, so files other test modules write elsewhere do not count.
+Tiny CLIP vision files are saved with their ClipVisionModel .json config beside them (ComfyUI's own loader only
+recognises full-size encoders); the node's loader falls back to that config.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+NODE = "IPA_UnifiedLoader"
+
+
+@pytest.fixture
+def folders(pack, tmp_path, monkeypatch):
+    import folder_paths
+
+    dirs = {k: tmp_path / k for k in ("ipadapter", "extra_ipadapter", "clip_vision")}
+    for d in dirs.values():
+        d.mkdir()
+    exts = folder_paths.supported_pt_extensions
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter",
+                        ([str(dirs["ipadapter"]), str(dirs["extra_ipadapter"])], exts))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "clip_vision", ([str(dirs["clip_vision"])], exts))
+    for name in ("ipadapter", "clip_vision"):
+        monkeypatch.delitem(folder_paths.filename_list_cache, name, raising=False)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def cv_g(make_clip_vision):
+    """A tiny encoder whose image embeds are 1280 wide: what a ViT-bigG base adapter (vit-G preset) reads; its hidden
+    width (64) differs from the default tiny encoder's (48), so each serves different plus adapters."""
+    return make_clip_vision(hidden=64, proj=1280, seed=1)
+
+
+def save_clip_vision(directory, name: str, cv) -> str:
+    """cv's weights as <name> plus the .json config ClipVisionModel is built from."""
+    from safetensors.torch import save_file
+
+    path = os.path.join(str(directory), name)
+    save_file({k: v.contiguous() for k, v in cv.get_sd().items()}, path)
+    model = cv.model.vision_model
+    hidden = int(model.embeddings.patch_embedding.weight.shape[0])
+    config = dict(hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_attention_heads=4, num_hidden_layers=3, patch_size=8, image_size=32,
+                  projection_dim=int(cv.model.visual_projection.weight.shape[0]), hidden_act="gelu",
+                  layer_norm_eps=1e-5, num_channels=3, model_type="clip_vision_model")
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(config, f)
+    return path
+
+
+@pytest.fixture
+def library(folders, make_adapter_file, sd15, sdxl, cv, cv_g):
+    """Misleading names: the plus adapter is called ip-adapter_sd15, the base one has a random name."""
+    d = folders
+    files = {
+        "base": make_adapter_file(d["ipadapter"], "base", sd15, cv, name="zz_random.safetensors"),
+        "plus": make_adapter_file(d["extra_ipadapter"], "plus", sd15, cv, name="ip-adapter_sd15.safetensors"),
+        "vitg": make_adapter_file(d["ipadapter"], "base", sd15, cv_g, name="mine.bin", fmt="bin"),
+        "sdxl": make_adapter_file(d["ipadapter"], "base", sdxl, cv, name="ip-adapter-plus_sd15.safetensors"),
+        "enc": save_clip_vision(d["clip_vision"], "model.safetensors", cv),
+        "enc_g": save_clip_vision(d["clip_vision"], "ip-adapter_sdxl.safetensors", cv_g),
+    }
+    return files
+
+
+def run(run_node, model, preset, **kw):
+    out = run_node(NODE, model=model, preset=preset, **kw)
+    model_out, adapter, clip_vision = out["result"]
+    assert model_out is model, "the model must pass through unchanged"
+    return adapter, clip_vision, out["ui"]["text"]
+
+
+@pytest.mark.parametrize("preset, model_name, adapter_key, encoder_key", [
+    ("standard", "sd15", "base", "enc"),
+    ("plus", "sd15", "plus", "enc"),
+    ("vit-G", "sd15", "vitg", "enc_g"),
+    ("standard", "sdxl", "sdxl", "enc"),
+    ("any", "sdxl", "sdxl", "enc"),
+])
+def test_preset_picks_by_content(run_node, host, library, request, preset, model_name, adapter_key, encoder_key):
+    model = request.getfixturevalue(model_name)
+    adapter, clip_vision, text = run(run_node, model, preset)
+    assert adapter is host.load_adapter(library[adapter_key])
+    assert clip_vision is host.load_clip_vision(library[encoder_key])
+    assert os.path.basename(library[adapter_key]) in text[0] and adapter.spec.describe() in text[0]
+
+
+def test_loaded_encoder_equals_the_model_it_was_saved_from(run_node, library, sd15, cv, make_image):
+    _, clip_vision, _ = run(run_node, sd15, "standard")
+    image = make_image(0)
+    got, want = clip_vision.encode_image(image), cv.encode_image(image)
+    assert torch.equal(got["image_embeds"], want["image_embeds"])
+    assert torch.equal(got["penultimate_hidden_states"], want["penultimate_hidden_states"])
+
+
+def test_outputs_feed_the_apply_nodes(run_node, library, sd15, make_image, sample, attn2_patches, host):
+    model, adapter, clip_vision = run_node(NODE, model=sd15, preset="plus")["result"]
+    patched = run_node("IPA_ApplySimple", model=model, ipadapter=adapter, clip_vision=clip_vision,
+                       image=make_image(0), weight=1.0, start_at=0.0, end_at=1.0)[0]
+    assert set(attn2_patches(patched)) == {s.key for s in host.model_sites(sd15)}
+
+
+def test_no_full_face_lists_what_was_found(run_node, pack_module, library, folders, sd15):
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.InputError) as e:
+        run_node(NODE, model=sd15, preset="full face")
+    msg = str(e.value)
+    assert msg.startswith("IPA Unified Loader: no adapter file fits preset 'full face'")
+    assert f"- {folders['ipadapter']}:\n" in msg and f"- {folders['extra_ipadapter']}:\n" in msg
+    assert "\n    zz_random.safetensors: Base, SD1.5, 4 tokens" in msg and "not a Full face adapter" in msg
+    assert "\n    ip-adapter-plus_sd15.safetensors: Base, SDXL" in msg  # named plus sd15, the tensors say otherwise
+    assert f"put ip-adapter-full-face_sd15.safetensors in {folders['ipadapter']}" in msg
+    assert f"put CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors in {folders['clip_vision']}" in msg
+
+
+def test_missing_encoder_is_named(run_node, pack_module, library, sd15):
+    os.remove(library["enc"])
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.InputError, match="no CLIP vision file gives its 48-wide hidden states"):
+        run_node(NODE, model=sd15, preset="plus")
+
+
+def test_headers_are_read_once_and_again_after_a_change(run_node, pack_module, library, sd15, monkeypatch):
+    scan = pack_module("ip_adapter_core.scan")
+    run(run_node, sd15, "standard")  # warm
+    calls = []
+    real = scan.read_tensor_shapes
+    monkeypatch.setattr(scan, "read_tensor_shapes", lambda p: calls.append(os.path.basename(p)) or real(p))
+    run(run_node, sd15, "plus")
+    assert calls == [], f"unchanged files were read again: {calls}"
+    st = os.stat(library["plus"])
+    os.utime(library["plus"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    adapter, _, _ = run(run_node, sd15, "plus")
+    assert calls == ["ip-adapter_sd15.safetensors"]
+    assert adapter.spec.kind == "plus"
+
+
+def test_pinned_files(run_node, host, library, sd15, pack_module):
+    adapter, clip_vision, text = run(run_node, sd15, "plus", ipadapter_file="zz_random.safetensors",
+                                     clip_vision_file="model.safetensors")
+    assert adapter is host.load_adapter(library["base"]) and "pinned" in text[-1]
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.InputError, match="pinned ipadapter_file does not fit"):
+        run_node(NODE, model=sd15, preset="standard", ipadapter_file="ip-adapter-plus_sd15.safetensors")
+    with pytest.raises(errors.InputError, match="48-wide hidden states"):
+        run_node(NODE, model=sd15, preset="plus", clip_vision_file="ip-adapter_sdxl.safetensors")
+
+
+def test_several_fitting_files_are_reported(run_node, make_adapter_file, library, folders, sd15, cv):
+    make_adapter_file(folders["extra_ipadapter"], "base", sd15, cv, name="another.bin", fmt="bin", seed=3)
+    adapter, _, text = run(run_node, sd15, "standard")
+    assert os.path.basename(library["base"]) in text[0]  # .safetensors before .bin
+    assert "another.bin" in text[1]
+
+
+def test_combo_lists_auto_and_the_files(pack, library):
+    cls = pack.NODE_CLASS_MAPPINGS[NODE]
+    spec = cls.INPUT_TYPES()
+    assert spec["required"]["preset"][0] == ["standard", "light", "vit-G", "plus", "plus face", "full face",
+                                             "composition", "any"]
+    files = spec["optional"]["ipadapter_file"][0]
+    assert files[0] == "auto" and {"zz_random.safetensors", "ip-adapter_sd15.safetensors", "mine.bin"} <= set(files)
+    assert spec["optional"]["clip_vision_file"][0] == ["auto", "ip-adapter_sdxl.safetensors", "model.safetensors"]
+
