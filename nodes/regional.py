@@ -75,14 +75,16 @@ class IPARegionalApply:
         }
 
     @reports(DISPLAY_NAME)
-    def run(self, model: Any, ipadapter: LoadedAdapter, clip_vision: Any, start_at: float, end_at: float,
-            positive: list | None = None, prompt_strength: float = 1.0, **slots: Any):
+    def run(self, model: Any, ipadapter: LoadedAdapter, clip_vision: Any, image_1: torch.Tensor, mask_1: torch.Tensor,
+            weight_1: float, start_at: float, end_at: float, image_2: torch.Tensor | None = None,
+            mask_2: torch.Tensor | None = None, weight_2: float = 1.0, image_3: torch.Tensor | None = None,
+            mask_3: torch.Tensor | None = None, weight_3: float = 1.0, image_4: torch.Tensor | None = None,
+            mask_4: torch.Tensor | None = None, weight_4: float = 1.0, positive: list | None = None,
+            prompt_1: list | None = None, prompt_2: list | None = None, prompt_3: list | None = None,
+            prompt_4: list | None = None, prompt_strength: float = 1.0):
         where = self.DISPLAY_NAME
-        numbers = range(1, REGIONS + 1)
-        regions = connected_regions([slots.get(f"image_{i}") for i in numbers],
-                                    [slots.get(f"mask_{i}") for i in numbers],
-                                    [slots.get(f"weight_{i}", 1.0) for i in numbers],
-                                    [slots.get(f"prompt_{i}") for i in numbers])
+        regions = connected_regions([image_1, image_2, image_3, image_4], [mask_1, mask_2, mask_3, mask_4],
+                                    [weight_1, weight_2, weight_3, weight_4], [prompt_1, prompt_2, prompt_3, prompt_4])
         check_range(start_at, end_at, where=where)
         tokens = [encode(ipadapter, clip_vision, r.image, where=f"{where} (image_{r.index})") for r in regions]
         for region, t in zip(regions, tokens):

@@ -29,9 +29,9 @@ def right_quarter(size=64):
 
 @pytest.fixture(scope="module")
 def regional(run_node, sd15, base_adapter, cv):
-    def do(model=None, **kw):
+    def do(model=None, weight_1=1.0, **kw):
         return run_node("IPA_RegionalApply", model=sd15 if model is None else model, ipadapter=base_adapter,
-                        clip_vision=cv, start_at=0.0, end_at=1.0, **kw)
+                        clip_vision=cv, weight_1=weight_1, start_at=0.0, end_at=1.0, **kw)
 
     return do
 
