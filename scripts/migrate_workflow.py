@@ -1,0 +1,747 @@
+"""Convert a saved workflow that uses ComfyUI_IPAdapter_plus (cubiq) nodes to this pack's nodes.
+
+Both formats: the UI format the editor saves (nodes + links; positions, sizes, titles and colours are kept) and the
+API format (POST /prompt). Every old node that has a counterpart is replaced in place (same node id); a few get a
+helper node in front of them (an IPA Encode Image for a negative image, combine_embeds or encode_batch_size). Apply
+nodes get ``compatibility`` = "ComfyUI_IPAdapter_plus" (the old pack's black-image uncond and no middle-block term),
+so a converted workflow gives the old pack's images where the report says "exact". Nodes without a counterpart
+(FaceID, InsightFace, weights strategies, ...) are left in place and reported; other packs' nodes are not touched.
+Converting a converted workflow changes nothing. docs/MIGRATION.md has the full mapping.
+
+    python3 scripts/migrate_workflow.py old.json -o new.json [--strict]
+
+Pure Python (no ComfyUI import); importable: ``migrate(workflow) -> (new_workflow, report)``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPAT = "ComfyUI_IPAdapter_plus"
+W = "widget"  # marks a widget input in the schemas below
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+# Old nodes: inputs in INPUT_TYPES order (required, then optional); widget inputs are (name, W).
+_OLD_APPLY_TAIL = [("image_negative", "IMAGE"), ("attn_mask", "MASK"), ("clip_vision", "CLIP_VISION")]
+_HEAD = [("model", "MODEL"), ("ipadapter", "IPADAPTER")]
+_RANGE = [("start_at", W), ("end_at", W)]
+OLD_INPUTS: dict[str, list[tuple[str, str]]] = {
+    "IPAdapterUnifiedLoader": [("model", "MODEL"), ("preset", W), ("ipadapter", "IPADAPTER")],
+    "IPAdapterUnifiedLoaderCommunity": [("model", "MODEL"), ("preset", W), ("ipadapter", "IPADAPTER")],
+    "IPAdapterModelLoader": [("ipadapter_file", W)],
+    "IPAdapter": [*_HEAD, ("image", "IMAGE"), ("weight", W), *_RANGE, ("weight_type", W), ("attn_mask", "MASK")],
+    "IPAdapterAdvanced": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), ("combine_embeds", W),
+                          *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterBatch": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), *_RANGE,
+                       ("embeds_scaling", W), ("encode_batch_size", W), *_OLD_APPLY_TAIL],
+    "IPAdapterStyleComposition": [*_HEAD, ("image_style", "IMAGE"), ("image_composition", "IMAGE"),
+                                  ("weight_style", W), ("weight_composition", W), ("expand_style", W),
+                                  ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterTiled": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), ("combine_embeds", W),
+                       *_RANGE, ("sharpening", W), ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterEmbeds": [*_HEAD, ("pos_embed", "EMBEDS"), ("weight", W), ("weight_type", W), *_RANGE,
+                        ("embeds_scaling", W), ("neg_embed", "EMBEDS"), ("attn_mask", "MASK"),
+                        ("clip_vision", "CLIP_VISION")],
+    "IPAdapterMS": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_faceidv2", W), ("weight_type", W),
+                    ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), ("layer_weights", W), *_OLD_APPLY_TAIL,
+                    ("insightface", "INSIGHTFACE")],
+    "IPAdapterPreciseStyleTransfer": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("style_boost", W),
+                                      ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterPreciseComposition": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("composition_boost", W),
+                                    ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterEncoder": [("ipadapter", "IPADAPTER"), ("image", "IMAGE"), ("weight", W), ("mask", "MASK"),
+                         ("clip_vision", "CLIP_VISION")],
+    "IPAdapterCombineEmbeds": [("embed1", "EMBEDS"), ("method", W), *[(f"embed{i}", "EMBEDS") for i in range(2, 6)]],
+    "IPAdapterNoise": [("type", W), ("strength", W), ("blur", W), ("image_optional", "IMAGE")],
+    "PrepImageForClipVision": [("image", "IMAGE"), ("interpolation", W), ("crop_position", W), ("sharpening", W)],
+    "IPAdapterSaveEmbeds": [("embeds", "EMBEDS"), ("filename_prefix", W)],
+}
+for _name in ("IPAdapterEmbedsBatch",):
+    OLD_INPUTS[_name] = OLD_INPUTS["IPAdapterEmbeds"]
+for _name in ("IPAdapterPreciseStyleTransfer", "IPAdapterPreciseComposition"):
+    OLD_INPUTS[_name + "Batch"] = OLD_INPUTS[_name]
+
+# Old nodes with no counterpart: the reason shown in the report.
+FACEID = "FaceID needs insightface and is not supported by this pack"
+UNSUPPORTED = {
+    "IPAdapterFaceID": FACEID, "IPAAdapterFaceIDBatch": FACEID, "IPAdapterFaceIDKolors": FACEID,
+    "IPAdapterUnifiedLoaderFaceID": FACEID, "IPAdapterInsightFaceLoader": FACEID,
+    "IPAdapterClipVisionEnhancer": "no ClipVision Enhancer in this pack (use IPA Prep Image or IPA Apply (tiled))",
+    "IPAdapterClipVisionEnhancerBatch": "no ClipVision Enhancer in this pack",
+    "IPAdapterFromParams": "regional params are not converted automatically: rebuild them with IPA Regional Apply",
+    "IPAdapterRegionalConditioning": "regional params are not converted automatically: rebuild them with IPA "
+                                     "Regional Apply (one node, up to 4 image/mask/weight regions and prompts)",
+    "IPAdapterCombineParams": "regional params are not converted automatically: use IPA Regional Apply",
+    "IPAdapterWeights": "no per-frame weight generator: type the factors into IPA Apply (advanced)'s frame_weights",
+    "IPAdapterWeightsFromStrategy": "no weights strategies in this pack",
+    "IPAdapterPromptScheduleFromWeightsStrategy": "no weights strategies in this pack",
+    "IPAdapterCombineWeights": "no weight lists in this pack: use frame_weights",
+    "IPAdapterLoadEmbeds": ".ipadpt files are pickled raw CLIP outputs; encode the image again with IPA Encode "
+                           "Image and save it with IPA Save Embeds",
+    "IPAdapterStyleCompositionBatch": "IPA Style & Composition has no unfold (image i -> latent i) mode",
+    "IPAdapterTiledBatch": "IPA Apply (tiled) has no unfold (image i -> latent i) mode",
+}
+OLD_TYPES = set(OLD_INPUTS) | set(UNSUPPORTED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A node of this pack as the converter writes it: inputs in order, widget defaults, outputs."""
+    display: str
+    inputs: tuple[tuple[str, str], ...]  # (name, socket type) or (name, W)
+    defaults: dict[str, Any]
+    outputs: tuple[tuple[str, str], ...]
+
+    def widgets(self) -> list[str]:
+        return [n for n, kind in self.inputs if kind == W]
+
+
+_APPLY_RANGE = (("start_at", W), ("end_at", W))
+TARGETS: dict[str, Target] = {
+    "IPA_UnifiedLoader": Target("IPA Unified Loader", (("model", "MODEL"), ("preset", W), ("ipadapter_file", W),
+                                                       ("clip_vision_file", W)),
+                                {"preset": "standard", "ipadapter_file": "auto", "clip_vision_file": "auto"},
+                                (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"))),
+    "IPA_ModelLoader": Target("IPA Load Adapter", (("ipadapter_file", W),), {}, (("IPA_ADAPTER", "IPA_ADAPTER"),)),
+    "IPA_Encode": Target("IPA Encode Image", (("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"),
+                                              ("image", "IMAGE"), ("encode_batch_size", W), ("uncond", W),
+                                              ("negative_image", "IMAGE")),
+                         {"encode_batch_size": 0, "uncond": "reference"}, (("IPA_EMBEDS", "IPA_EMBEDS"),)),
+    "IPA_ApplyAdvanced": Target(
+        "IPA Apply (advanced)",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("weight", W), ("weight_type", W), *_APPLY_RANGE,
+         ("embeds_scaling", W), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION"), ("embeds", "IPA_EMBEDS"),
+         ("layer_weights", W), ("weight_composition", W), ("attn_mask", "MASK"), ("weight_schedule", W),
+         ("schedule_values", W), ("unfold_batch", W), ("frame_weights", W), ("compatibility", W)),
+        {"weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
+         "layer_weights": "", "weight_composition": 1.0, "weight_schedule": "constant", "schedule_values": "",
+         "unfold_batch": False, "frame_weights": "", "compatibility": "this pack"},
+        (("model", "MODEL"),)),
+    "IPA_CombineEmbeds": Target("IPA Combine Embeds", (("embeds", "IPA_EMBEDS"), ("method", W), ("image_weights", W)),
+                                {"method": "concat", "image_weights": ""}, (("IPA_EMBEDS", "IPA_EMBEDS"),)),
+    "IPA_NoiseImage": Target("IPA Noise Image", (("width", W), ("height", W), ("batch", W), ("seed", W), ("type", W),
+                                                 ("strength", W), ("image", "IMAGE")),
+                             {"width": 224, "height": 224, "batch": 1, "seed": 0, "type": "fade", "strength": 1.0},
+                             (("IMAGE", "IMAGE"),)),
+    "IPA_PrepImage": Target("IPA Prep Image", (("image", "IMAGE"), ("crop", W), ("interpolation", W),
+                                               ("sharpening", W), ("clip_vision", "CLIP_VISION"), ("size", W)),
+                            {"crop": "center", "interpolation": "bicubic", "sharpening": 0.0, "size": 224},
+                            (("IMAGE", "IMAGE"),)),
+    "IPA_SaveEmbeds": Target("IPA Save Embeds", (("embeds", "IPA_EMBEDS"), ("filename_prefix", W)),
+                             {"filename_prefix": "ipa_embeds"}, ()),
+    "IPA_StyleComposition": Target(
+        "IPA Style & Composition",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image_style", "IMAGE"),
+         ("image_composition", "IMAGE"), ("weight_style", W), ("weight_composition", W), ("expand_style", W),
+         *_APPLY_RANGE, ("embeds_scaling", W), ("attn_mask", "MASK"), ("negative_image", "IMAGE")),
+        {"weight_style": 1.0, "weight_composition": 1.0, "expand_style": False, "start_at": 0.0, "end_at": 1.0,
+         "embeds_scaling": "V only"},
+        (("model", "MODEL"),)),
+    "IPA_ApplyTiled": Target(
+        "IPA Apply (tiled)",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image", "IMAGE"),
+         ("weight", W), *_APPLY_RANGE, ("attn_mask", "MASK"), ("tile_overlap", W), ("short_side_tiles", W),
+         ("interpolation", W), ("sharpening", W)),
+        {"weight": 1.0, "start_at": 0.0, "end_at": 1.0, "tile_overlap": 0.0, "short_side_tiles": 0,
+         "interpolation": "bicubic", "sharpening": 0.0},
+        (("model", "MODEL"), ("tiles", "IMAGE"), ("masks", "MASK"))),
+}
+SEED_WIDGETS = {("IPA_NoiseImage", "seed")}  # the editor stores a control_after_generate value after these
+
+UNIFIED_PRESETS = {
+    "LIGHT - SD1.5 only (low strength)": "light", "STANDARD (medium strength)": "standard",
+    "VIT-G (medium strength)": "vit-G", "PLUS (high strength)": "plus", "PLUS FACE (portraits)": "plus face",
+    "FULL FACE - SD1.5 only (portraits stronger)": "full face", "Composition": "composition",
+}
+SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "BILINEAR": "bilinear", "NEAREST": "nearest",
+                  "BOX": "area", "HAMMING": "bilinear"}
+
+
+def available_nodes() -> set[str]:
+    """Node IDs this pack registers (the keys of ``_NODES`` in nodes/__init__.py, read without importing it)."""
+    path = os.path.join(REPO, "nodes", "__init__.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_NODES" for t in node.targets):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return set()
+
+
+# ---------------------------------------------------------------------------------------------- conversion plans
+
+@dataclass(frozen=True)
+class Src:
+    """Whatever feeds the old graph's output ``slot`` of node ``node`` (mapped when that node is converted)."""
+    node: Any
+    slot: int
+
+
+@dataclass(frozen=True)
+class New:
+    """Output ``slot`` of the node ``key`` of the same plan ("main" = the replacement of the old node)."""
+    key: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class ClipOf:
+    """The CLIP vision that an old unified loader bundled in the IPADAPTER output ``src`` (None if not one)."""
+    src: Src
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, tuple[str, dict[str, Any]]]  # key -> (new type, inputs); "main" keeps the old id
+    outputs: dict[int, tuple[str, int] | str]  # old output slot -> (key, new slot) or why it has none
+    companions: dict[int, tuple[str, int]] = field(default_factory=dict)  # old IPADAPTER slot -> its CLIP_VISION
+    notes: list[str] = field(default_factory=list)  # what changes the result; empty = the old node's result
+    info: list[str] = field(default_factory=list)  # what changes without changing the result
+
+
+@dataclass
+class Old:
+    id: Any
+    type: str
+    values: dict[str, Any]
+    links: dict[str, Src]
+
+
+@dataclass
+class Entry:
+    node: Any
+    old_type: str
+    status: str  # "converted" | "approximate" | "unmapped"
+    new_type: str | None
+    notes: list[str]
+
+    def line(self) -> str:
+        head = f"node {self.node} {self.old_type}"
+        head += f" -> {self.new_type}" if self.new_type else ""
+        return f"[{self.status}] {head}" + "".join(f"\n    - {n}" for n in self.notes)
+
+
+def _clip(links: dict[str, Src]) -> Src | ClipOf | None:
+    """The old node's clip_vision link, else the CLIP vision bundled with its unified-loader IPADAPTER."""
+    if "clip_vision" in links:
+        return links["clip_vision"]
+    return ClipOf(links["ipadapter"]) if "ipadapter" in links else None
+
+
+def _apply_plan(old: Old, *, weight_type: str, unfold: bool = False, notes: list[str] | None = None,
+                layer_weights: str = "") -> Plan:
+    """An old apply node -> IPA_ApplyAdvanced in compatibility mode, with an IPA_Encode (and IPA_CombineEmbeds) in
+    front when the old node's encode-side options need one."""
+    v, ln = old.values, old.links
+    notes = list(notes or [])
+    clip = _clip(ln)
+    combine = v.get("combine_embeds", "concat")
+    batch_size = v.get("encode_batch_size", 0) or 0
+    nodes: dict[str, tuple[str, dict[str, Any]]] = {}
+    main = {"model": ln.get("model"), "ipadapter": ln.get("ipadapter"), "weight": ln.get("weight", v.get("weight")),
+            "weight_type": weight_type, "start_at": ln.get("start_at", v.get("start_at")),
+            "end_at": ln.get("end_at", v.get("end_at")), "embeds_scaling": v.get("embeds_scaling", "V only"),
+            "attn_mask": ln.get("attn_mask"), "layer_weights": layer_weights, "unfold_batch": unfold,
+            "compatibility": COMPAT}
+    if "pos_embed" in ln:
+        main["embeds"] = ln["pos_embed"]
+    elif "image_negative" in ln or (combine != "concat" and not unfold) or batch_size:
+        nodes["encode"] = ("IPA_Encode", {"ipadapter": ln.get("ipadapter"), "clip_vision": clip,
+                                          "image": ln.get("image"), "encode_batch_size": batch_size,
+                                          "uncond": "black image", "negative_image": ln.get("image_negative")})
+        main["embeds"] = New("encode", 0)
+        if combine != "concat" and not unfold:
+            nodes["combine"] = ("IPA_CombineEmbeds", {"embeds": New("encode", 0), "method": combine})
+            main["embeds"] = New("combine", 0)
+            notes.append(f"combine_embeds '{combine}' now acts on the projected image tokens (IPA Combine Embeds); "
+                         "the old pack combined the CLIP embeddings before the projection: close, not equal")
+    else:
+        main["image"], main["clip_vision"] = ln.get("image"), clip
+    if "weight" in ln and isinstance(ln["weight"], Src):
+        notes.append("'weight' comes from a link: a per-frame weight list must become frame_weights (text)")
+    nodes["main"] = ("IPA_ApplyAdvanced", main)
+    return Plan(nodes, {0: ("main", 0)}, notes=notes)
+
+
+def _plan(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan | str:
+    """The conversion of one old node, or the reason it cannot be converted. ``encoders``: old node id -> True for
+    the IPAdapterEncoder nodes that are converted."""
+    t, v, ln = old.type, old.values, old.links
+    if t in UNSUPPORTED:
+        return (UNSUPPORTED[t])
+    if t in ("IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderCommunity"):
+        preset = UNIFIED_PRESETS.get(v.get("preset"))
+        if preset is None:
+            return (f"preset {v.get('preset')!r} has no counterpart (Kolors is not supported)")
+        info = ["input 'ipadapter' (chaining loaders) dropped: IPA Unified Loader caches files across prompts"] \
+            if "ipadapter" in ln else []
+        return Plan({"main": ("IPA_UnifiedLoader", {"model": ln.get("model"), "preset": preset})},
+                    {0: ("main", 0), 1: ("main", 1)}, companions={1: ("main", 2)}, info=info)
+    if t == "IPAdapterModelLoader":
+        return Plan({"main": ("IPA_ModelLoader", {"ipadapter_file": v.get("ipadapter_file")})}, {0: ("main", 0)})
+    if t == "IPAdapter":
+        wt = v.get("weight_type", "standard")
+        return _apply_plan(old, weight_type="style transfer" if wt.startswith("style")
+                           else SIMPLE_WEIGHT_TYPES.get(wt, "linear"))
+    if t in ("IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterEmbeds", "IPAdapterEmbedsBatch"):
+        plan = _apply_plan(old, weight_type=v.get("weight_type", "linear"), unfold=t.endswith("Batch"))
+        neg = ln.get("neg_embed")
+        if neg is not None:
+            pos = ln.get("pos_embed")
+            same = pos is not None and neg == Src(pos.node, 1) and pos.slot == 0 and encoders.get(pos.node, False)
+            (plan.info if same else plan.notes).append(
+                "'neg_embed' dropped: the uncond travels inside the embeds (IPA Encode Image's uncond / "
+                "negative_image)" + ("" if same else "; this neg_embed did not come from the same encoder"))
+        return plan
+    if t == "IPAdapterMS":
+        plan = _apply_plan(old, weight_type=v.get("weight_type", "linear"), layer_weights=v.get("layer_weights") or "")
+        if "insightface" in ln:
+            plan.info.append("'insightface' dropped (FaceID only)")
+        return plan
+    if t.startswith("IPAdapterPreciseStyleTransfer"):
+        notes = [] if v.get("style_boost") == v.get("weight") else [
+            f"style_boost {v.get('style_boost')} differs from weight {v.get('weight')}: the composition layers now "
+            "get weight (this pack's 'style transfer precise' has no separate boost)"]
+        return _apply_plan(old, weight_type="style transfer precise", unfold=t.endswith("Batch"), notes=notes)
+    if t.startswith("IPAdapterPreciseComposition"):
+        boost, notes = v.get("composition_boost", 0.0), []
+        if boost == 0:
+            wt = "composition"  # the old map with boost 0 is exactly the composition layers
+        else:
+            wt = "composition precise"
+            if boost != v.get("weight"):
+                notes.append(f"composition_boost {boost} differs from weight {v.get('weight')}: the other layers "
+                             "now get weight (this pack's 'composition precise' has no separate boost)")
+        return _apply_plan(old, weight_type=wt, unfold=t.endswith("Batch"), notes=notes)
+    if t == "IPAdapterEncoder":
+        notes = []
+        if v.get("weight", 1.0) != 1.0:
+            notes.append(f"weight {v.get('weight')} dropped (the old pack scaled the CLIP embedding; set the weight "
+                         "on the apply node)")
+        if "mask" in ln:
+            notes.append("'mask' dropped (no masked encoding; use attn_mask on the apply node)")
+        clip = _clip(ln)
+        return Plan({"main": ("IPA_Encode", {"ipadapter": ln.get("ipadapter"), "clip_vision": clip,
+                                             "image": ln.get("image"), "uncond": "black image"})},
+                    {0: ("main", 0), 1: "neg_embed: the uncond is inside IPA Encode Image's IPA_EMBEDS"}, notes=notes)
+    if t == "IPAdapterCombineEmbeds":
+        extra = [n for n in ("embed2", "embed3", "embed4", "embed5") if n in ln]
+        if extra:
+            return (f"{', '.join(extra)} connected: IPA Combine Embeds combines the images of one embeds "
+                             "batch; batch the images before IPA Encode Image instead")
+        return Plan({"main": ("IPA_CombineEmbeds", {"embeds": ln.get("embed1"), "method": v.get("method", "concat")})},
+                    {0: ("main", 0)})
+    if t == "IPAdapterNoise":
+        notes = ["a different noise pattern (seeded by 'seed'), same type and strength"]
+        if v.get("blur"):
+            notes.append(f"blur {v.get('blur')} dropped")
+        return Plan({"main": ("IPA_NoiseImage", {"type": v.get("type"), "strength": v.get("strength"),
+                                                 "image": ln.get("image_optional")})}, {0: ("main", 0)}, notes=notes)
+    if t == "PrepImageForClipVision":
+        notes = ["resize and sharpening are this pack's own (pad uses CLIP mean grey, not black): pixels differ "
+                 "slightly"]
+        return Plan({"main": ("IPA_PrepImage", {
+            "image": ln.get("image"), "crop": v.get("crop_position", "center"),
+            "interpolation": INTERPOLATIONS.get(v.get("interpolation"), "bicubic"),
+            "sharpening": v.get("sharpening", 0.0)})}, {0: ("main", 0)}, notes=notes)
+    if t == "IPAdapterSaveEmbeds":
+        return Plan({"main": ("IPA_SaveEmbeds", {"embeds": ln.get("embeds"),
+                                                 "filename_prefix": v.get("filename_prefix")})}, {},
+                    info=["saves .safetensors under output/ipadapter_embeds/ (not .ipadpt)"])
+    if t == "IPAdapterStyleComposition":
+        if "IPA_StyleComposition" not in available:
+            return ("IPA_StyleComposition is not available in this version of the pack")
+        notes = ["no compatibility setting on IPA Style & Composition: this pack's uncond and middle-block term"]
+        if v.get("combine_embeds", "concat") != "concat":
+            notes.append(f"combine_embeds '{v.get('combine_embeds')}' dropped (several images per input are "
+                         "concatenated; no effect with one image each)")
+        clip = _clip(ln)
+        inputs = {k: ln.get(k, v.get(k)) for k in ("model", "ipadapter", "image_style", "image_composition",
+                                                  "weight_style", "weight_composition", "expand_style", "start_at",
+                                                  "end_at", "embeds_scaling", "attn_mask")}
+        inputs.update(clip_vision=clip, negative_image=ln.get("image_negative"))
+        return Plan({"main": ("IPA_StyleComposition", inputs)}, {0: ("main", 0)}, notes=notes)
+    if t == "IPAdapterTiled":
+        if "IPA_ApplyTiled" not in available:
+            return ("IPA_ApplyTiled is not available in this version of the pack")
+        notes = ["tiles cover the whole image (no crop), so tiles and masks differ from the old pack's; this pack's "
+                 "uncond and middle-block term (no compatibility setting on IPA Apply (tiled))"]
+        for name, default in (("weight_type", "linear"), ("embeds_scaling", "V only"), ("combine_embeds", "concat")):
+            if v.get(name, default) != default:
+                notes.append(f"{name} {v.get(name)!r} dropped (IPA Apply (tiled) has none)")
+        if "image_negative" in ln:
+            notes.append("'image_negative' dropped")
+        clip = _clip(ln)
+        inputs = {k: ln.get(k, v.get(k)) for k in ("model", "ipadapter", "image", "weight", "start_at", "end_at",
+                                                  "attn_mask", "sharpening")}
+        inputs.update(clip_vision=clip, interpolation="lanczos")  # the old pack resized tiles with PIL's Lanczos
+        return Plan({"main": ("IPA_ApplyTiled", inputs)}, {0: ("main", 0), 1: ("main", 1), 2: ("main", 2)},
+                    notes=notes)
+    raise AssertionError(t)
+
+
+# ---------------------------------------------------------------------------------------------- the graph rewrite
+
+MISSING = object()
+
+
+class _Rewrite:
+    """Shared by both formats: plans for the old nodes, new ids, and how old outputs map to new ones."""
+
+    def __init__(self, olds: dict[Any, Old], available: set[str], next_id: Callable[[], Any]):
+        encoders = {i: True for i, o in olds.items() if o.type == "IPAdapterEncoder"}
+        self.olds = olds
+        self.plans: dict[Any, Plan | str] = {i: _plan(o, available, encoders) for i, o in olds.items()}
+        self.ids: dict[tuple[Any, str], Any] = {}
+        self.outputs: dict[tuple[Any, int], tuple[Any, int, str] | str] = {}
+        self.companions: dict[tuple[Any, int], tuple[Any, int, str]] = {}
+        for oid, plan in self.plans.items():
+            if isinstance(plan, str):
+                continue
+            for key in plan.nodes:
+                self.ids[(oid, key)] = oid if key == "main" else next_id()
+            for slot, out in plan.outputs.items():
+                self.outputs[(oid, slot)] = out if isinstance(out, str) else self._out(oid, plan, *out)
+            for slot, (key, new_slot) in plan.companions.items():
+                self.companions[(oid, slot)] = self._out(oid, plan, key, new_slot)
+
+    def _out(self, oid: Any, plan: Plan, key: str, slot: int) -> tuple[Any, int, str]:
+        ntype = plan.nodes[key][0]
+        return self.ids[(oid, key)], slot, TARGETS[ntype].outputs[slot][1]
+
+    def converted(self) -> dict[Any, Plan]:
+        return {i: p for i, p in self.plans.items() if not isinstance(p, str)}
+
+    def source(self, oid: Any, value: Any, origin: Callable[[Src], Src]) -> tuple[Any, int, str | None] | None:
+        """Where a planned input's link now comes from: (node id, slot, type or None if unchanged), or None."""
+        if isinstance(value, New):
+            return self._out(oid, self.plans[oid], value.key, value.slot)
+        if isinstance(value, ClipOf):
+            return self.companions.get(_key(origin(value.src)))
+        mapped = self.outputs.get(_key(value), MISSING)
+        if mapped is MISSING:
+            return value.node, value.slot, None
+        if isinstance(mapped, str):
+            self.plans[oid].notes.append(f"a link from node {value.node} dropped ({mapped})")
+            return None
+        return mapped
+
+    def entries(self, kinds: dict[Any, str]) -> list[Entry]:
+        out = []
+        for oid, plan in self.plans.items():
+            if isinstance(plan, str):
+                out.append(Entry(oid, kinds[oid], "unmapped", None, [plan]))
+            else:
+                new = " + ".join(t for k, (t, _) in sorted(plan.nodes.items(), key=lambda kv: kv[0] != "main"))
+                out.append(Entry(oid, kinds[oid], "approximate" if plan.notes else "converted", new,
+                                 plan.notes + plan.info))
+        return out
+
+
+def _key(src: Src) -> tuple[Any, int]:
+    return src.node, src.slot
+
+
+def _widget_values(values: Any, names: list[str]) -> dict[str, Any]:
+    if isinstance(values, dict):
+        return {n: values[n] for n in names if n in values}
+    return dict(zip(names, values or []))
+
+
+def _widget_value(target: Target, name: str, inputs: dict[str, Any], old: Old) -> Any:
+    """The stored value of a widget; a widget driven by a link keeps the old node's value of that name."""
+    value = inputs.get(name)
+    if isinstance(value, (Src, New, ClipOf)):
+        value = old.values.get(name)
+    return target.defaults.get(name, "") if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------- API format
+
+def _migrate_api(api: dict, available: set[str]) -> tuple[dict, list[Entry]]:
+    olds = {}
+    for nid, node in api.items():
+        ct = node.get("class_type") if isinstance(node, dict) else None
+        if ct in OLD_TYPES:
+            inputs = node.get("inputs", {})
+            links = {k: Src(str(v[0]), int(v[1])) for k, v in inputs.items() if _is_api_link(v)}
+            values = {k: v for k, v in inputs.items() if not _is_api_link(v)}
+            olds[nid] = Old(nid, ct, values, links)
+    if not olds:
+        return copy.deepcopy(api), []
+    used = set(api) | {v[0] for n in api.values() if isinstance(n, dict)
+                       for v in (n.get("inputs") or {}).values() if _is_api_link(v)}
+    counter = iter(range(max([int(k) for k in used if str(k).isdigit()] + [0]) + 1, 10 ** 9))
+    rw = _Rewrite(olds, available, lambda: str(next(counter)))
+    out = {k: copy.deepcopy(v) for k, v in api.items() if k not in rw.converted()}
+    created = set()
+    for oid, plan in rw.converted().items():
+        for key, (ntype, inputs) in plan.nodes.items():
+            target = TARGETS[ntype]
+            node = {"class_type": ntype, "inputs": {}, "_meta": {"title": target.display}}
+            for name, kind in target.inputs:
+                value = inputs.get(name)
+                if isinstance(value, (Src, New, ClipOf)):
+                    src = rw.source(oid, value, lambda s: s)
+                    if src is not None:
+                        node["inputs"][name] = [str(src[0]), src[1]]
+                elif kind == W and name in target.defaults or value is not None:
+                    node["inputs"][name] = _widget_value(target, name, inputs, olds[oid])
+            out[rw.ids[(oid, key)]] = node
+            created.add(rw.ids[(oid, key)])
+    for nid, node in out.items():
+        if nid in created or not isinstance(node, dict):
+            continue
+        for name, value in list(node.get("inputs", {}).items()):
+            if not _is_api_link(value):
+                continue
+            mapped = rw.outputs.get((str(value[0]), int(value[1])))
+            if isinstance(mapped, str):
+                del node["inputs"][name]
+                rw.plans[str(value[0])].notes.append(f"link to node {nid} input '{name}' dropped ({mapped})")
+            elif mapped is not None:
+                node["inputs"][name] = [str(mapped[0]), mapped[1]]
+                _note_new_type(rw, str(value[0]), nid, node.get("class_type"), name, mapped[2])
+    return out, rw.entries({i: o.type for i, o in olds.items()})
+
+
+def _is_api_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _note_new_type(rw: _Rewrite, src: Any, dst: Any, dst_type: Any, name: str, new_type: str) -> None:
+    """An unconverted node now gets one of this pack's socket types, which old-pack or other nodes cannot take."""
+    if new_type in ("IPA_ADAPTER", "IPA_EMBEDS") and dst_type != "Reroute":
+        rw.plans[src].notes.append(f"node {dst} ({dst_type}) input '{name}' now gets {new_type}, which it cannot use")
+
+
+# ---------------------------------------------------------------------------------------------- UI format
+
+def _migrate_ui(wf: dict, available: set[str]) -> tuple[dict, list[Entry]]:
+    if wf["links"] and not isinstance(wf["links"][0], list):
+        raise ValueError("links stored as objects (workflow schema 1) are not supported; save the workflow again "
+                         "from the editor, or export it in API format")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {lk[0]: lk for lk in wf["links"]}
+    olds = {}
+    for nid, node in nodes.items():
+        if node.get("type") in OLD_TYPES:
+            schema = OLD_INPUTS.get(node["type"], [])
+            values = _widget_values(node.get("widgets_values"), [n for n, kind in schema if kind == W])
+            srcs = {}
+            for inp in node.get("inputs") or []:
+                lk = links.get(inp.get("link"))
+                if lk is not None:
+                    srcs[(inp.get("widget") or {}).get("name", inp["name"])] = Src(lk[1], lk[2])
+            olds[nid] = Old(nid, node["type"], values, srcs)
+    entries = _subgraph_entries(wf)
+    if not olds:
+        return copy.deepcopy(wf), entries
+    out = copy.deepcopy(wf)
+    nodes = {n["id"]: n for n in out["nodes"]}
+    node_ids = iter(range(max([_int(wf.get("last_node_id"))] + [_int(i) for i in nodes]) + 1, 10 ** 9))
+    link_ids = iter(range(max([_int(wf.get("last_link_id"))] + [_int(i) for i in links]) + 1, 10 ** 9))
+    rw = _Rewrite(olds, available, lambda: next(node_ids))
+    converted = rw.converted()
+
+    def origin(src: Src) -> Src:
+        """Follow Reroutes back to the node that produces the value."""
+        seen = set()
+        while nodes.get(src.node, {}).get("type") == "Reroute" and src.node not in seen:
+            seen.add(src.node)
+            lk = links.get(((nodes[src.node].get("inputs") or [{}])[0]).get("link"))
+            if lk is None:
+                break
+            src = Src(lk[1], lk[2])
+        return src
+
+    # 1. links into converted nodes are rebuilt; links out of them are re-pointed (or dropped)
+    new_links = []
+    for lk in out["links"]:
+        if lk[3] in converted:
+            continue
+        if lk[1] in converted:
+            mapped = rw.outputs.get((lk[1], lk[2]))
+            if not isinstance(mapped, tuple):
+                rw.plans[lk[1]].notes.append(f"link to node {lk[3]} dropped ({mapped or 'no such output'})")
+                _set_input_link(nodes.get(lk[3]), lk[4], None)
+                continue
+            _note_new_type(rw, lk[1], lk[3], nodes.get(lk[3], {}).get("type"),
+                           _input_name(nodes.get(lk[3]), lk[4]), mapped[2])
+            lk = [lk[0], mapped[0], mapped[1], lk[3], lk[4], mapped[2]]
+        new_links.append(lk)
+    # 2. the new nodes
+    for oid, plan in converted.items():
+        old_node = nodes.pop(oid)
+        reuse: dict[tuple[Any, int], list[int]] = {}  # keep the ids of links that still join the same output
+        for inp in old_node.get("inputs") or []:
+            lk = links.get(inp.get("link"))
+            if lk is not None:
+                reuse.setdefault((lk[1], lk[2]), []).append(lk[0])
+        for n, (key, (ntype, inputs)) in enumerate(sorted(plan.nodes.items(), key=lambda kv: kv[0] != "main")):
+            nid = rw.ids[(oid, key)]
+            node = _ui_node(old_node, nid, ntype, n)
+            target = TARGETS[ntype]
+            for name, kind in target.inputs:
+                value = inputs.get(name)
+                src = rw.source(oid, value, origin) if isinstance(value, (Src, New, ClipOf)) else None
+                if kind == W and src is None:
+                    continue
+                link_id = None
+                if src is not None:
+                    old_ids = reuse.get((src[0], src[1]))
+                    link_id = old_ids.pop(0) if old_ids else next(link_ids)
+                    ltype = src[2] or _link_type(wf["links"], src[0], src[1]) or kind
+                    new_links.append([link_id, src[0], src[1], nid, len(node["inputs"]), ltype])
+                entry = {"name": name, "type": kind if kind != W else new_links[-1][5], "link": link_id}
+                if kind == W:
+                    entry["widget"] = {"name": name}
+                node["inputs"].append(entry)
+            node["widgets_values"] = []
+            for name in target.widgets():
+                node["widgets_values"].append(_widget_value(target, name, inputs, olds[oid]))
+                if (ntype, name) in SEED_WIDGETS:
+                    node["widgets_values"].append("fixed")
+            nodes[nid] = node
+    # 3. output link lists, reroute types, counters
+    out["links"] = new_links
+    _refresh_outputs(nodes.values(), new_links)
+    _propagate_reroutes(nodes, new_links)
+    order = [n["id"] for n in wf["nodes"]]
+    out["nodes"] = [nodes[i] for i in order if i in nodes] + [n for i, n in nodes.items() if i not in set(order)]
+    for key, value in (("last_node_id", max(nodes)), ("last_link_id", max([lk[0] for lk in new_links] + [0]))):
+        if key in out:
+            out[key] = max(_int(out[key]), value)
+    return out, rw.entries({i: o.type for i, o in olds.items()}) + entries
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _ui_node(old: dict, nid: Any, ntype: str, n: int) -> dict:
+    """The node dict of a replacement (keeps position, size, mode, colours, title) or of a helper placed left of it."""
+    target = TARGETS[ntype]
+    node = {k: copy.deepcopy(v) for k, v in old.items() if k not in ("inputs", "outputs", "widgets_values")}
+    if n:
+        x, y = (old.get("pos") or [0, 0])[:2]
+        node.update(pos=[x - 360 * n, y + 60], size=[320, 130])
+        node.pop("title", None)
+    node.update(id=nid, type=ntype, inputs=[],
+                outputs=[{"name": name, "type": t, "links": [], "slot_index": i}
+                         for i, (name, t) in enumerate(target.outputs)])
+    node.setdefault("properties", {})["Node name for S&R"] = ntype
+    return node
+
+
+def _input_name(node: dict | None, slot: int) -> str:
+    try:
+        return node["inputs"][slot]["name"]
+    except (TypeError, KeyError, IndexError):
+        return f"#{slot}"
+
+
+def _set_input_link(node: dict | None, slot: int, link: Any) -> None:
+    if node is not None and slot < len(node.get("inputs") or []):
+        node["inputs"][slot]["link"] = link
+
+
+def _link_type(links: list, src: Any, slot: int) -> str | None:
+    return next((lk[5] for lk in links if lk[1] == src and lk[2] == slot), None)
+
+
+def _refresh_outputs(nodes: Any, links: list) -> None:
+    by_src: dict[tuple[Any, int], list] = {}
+    for lk in links:
+        by_src.setdefault((lk[1], lk[2]), []).append(lk[0])
+    for node in nodes:
+        for i, output in enumerate(node.get("outputs") or []):
+            have = output.get("links") or []
+            want = by_src.get((node["id"], i), [])
+            if sorted(have) != sorted(want):
+                output["links"] = want
+
+
+def _propagate_reroutes(nodes: dict, links: list) -> None:
+    """A Reroute passes the type of what feeds it: update its output and the links leaving it."""
+    by_id = {lk[0]: lk for lk in links}
+    for _ in range(len(nodes)):
+        changed = False
+        for node in nodes.values():
+            if node.get("type") != "Reroute" or not node.get("inputs") or not node.get("outputs"):
+                continue
+            lk = by_id.get(node["inputs"][0].get("link"))
+            if lk is None or node["outputs"][0].get("type") == lk[5]:
+                continue
+            node["outputs"][0]["type"] = lk[5]
+            for out_id in node["outputs"][0].get("links") or []:
+                if out_id in by_id:
+                    by_id[out_id][5] = lk[5]
+            changed = True
+        if not changed:
+            return
+
+
+def _subgraph_entries(wf: dict) -> list[Entry]:
+    out = []
+    for sub in (wf.get("definitions") or {}).get("subgraphs") or []:
+        for node in sub.get("nodes") or []:
+            if node.get("type") in OLD_TYPES:
+                out.append(Entry(node.get("id"), node["type"], "unmapped", None,
+                                 [f"inside subgraph {sub.get('name') or sub.get('id')}: not converted"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+def migrate(workflow: dict, *, available: set[str] | None = None) -> tuple[dict, list[Entry]]:
+    """(converted copy of ``workflow``, one report entry per old-pack node). UI or API format; the input is not
+    changed. ``available``: this pack's node IDs (default: read from nodes/__init__.py)."""
+    available = available_nodes() if available is None else set(available)
+    if isinstance(workflow.get("nodes"), list) and "links" in workflow:
+        return _migrate_ui(workflow, available)
+    return _migrate_api(workflow, available)
+
+
+def report_text(entries: list[Entry]) -> str:
+    if not entries:
+        return "no ComfyUI_IPAdapter_plus nodes found: nothing to convert"
+    counts = {s: sum(e.status == s for e in entries) for s in ("converted", "approximate", "unmapped")}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return head + "\n" + "\n".join(e.line() for e in entries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Convert a ComfyUI_IPAdapter_plus workflow (UI or API format) to this "
+                                             "pack's nodes; prints what it could not map.")
+    ap.add_argument("workflow")
+    ap.add_argument("-o", "--output", help="write the converted workflow here (default: stdout)")
+    ap.add_argument("--strict", action="store_true", help="exit with status 2 when some node could not be mapped")
+    args = ap.parse_args(argv)
+    with open(args.workflow) as f:
+        workflow = json.load(f)
+    new, entries = migrate(workflow)
+    text = json.dumps(new, indent=1)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    print(report_text(entries), file=sys.stderr)
+    return 2 if args.strict and any(e.status == "unmapped" for e in entries) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
