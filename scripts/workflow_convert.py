@@ -35,7 +35,7 @@ LOADERS = {
     "IPATest_CLIPVisionLoaderJSON": ("clip_name", "clip_vision"),
     "IPA_ModelLoader": ("ipadapter_file", "ipadapter"),
 }
-ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced")
+ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced", "IPA_ApplyTiled")
 
 
 class ConversionError(ValueError):
