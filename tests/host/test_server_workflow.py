@@ -53,8 +53,12 @@ def test_example_is_ui_format_with_real_file_names(path):
     assert wc.is_ui_format(wf), f"{path} is not a UI-format workflow (nodes + links)"
     files = dict(wc.model_files(wf))
     assert files["checkpoints"] == "v1-5-pruned-emaonly.safetensors"
-    assert files["clip_vision"] == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
-    assert files["ipadapter"].startswith("ip-adapter")
+    unified = [n for n in wf["nodes"] if n["type"] == "IPA_UnifiedLoader"]
+    if unified:  # it finds both files by their headers: no file name to check, 'auto' for both
+        assert all(n["widgets_values"][1:] == ["auto", "auto"] for n in unified), unified
+    else:
+        assert files["clip_vision"] == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+        assert files["ipadapter"].startswith("ip-adapter")
     images = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "LoadImage"]
     assert images and all(os.path.isfile(os.path.join(REPO, "example_workflows", i)) for i in images), images
     assert os.path.getsize(REFERENCE) < 100_000
