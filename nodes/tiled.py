@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..ip_adapter_core.compat import check_range, prepare_images
+from ..ip_adapter_core.errors import InputError
 from ..ip_adapter_core.masks import prepare_mask
 from ..ip_adapter_core.prep import INTERPOLATIONS, prep_image
 from ..ip_adapter_core.tiles import (MAX_OVERLAP, MAX_SHORT_SIDE_TILES, cut_tiles, mask_canvas, tile_grid,
@@ -70,7 +71,10 @@ class IPAApplyTiled:
         check_range(start_at, end_at, where=where)
         mask = None if attn_mask is None else prepare_mask(attn_mask, where=where)
         images = prepare_images(image, where=f"{where}, input 'image'")
-        size = clip_vision_dims(clip_vision).image_size if clip_vision is not None else 1
+        if clip_vision is None:
+            raise InputError(f"{where}: input 'clip_vision' is missing; the tiles are encoded with it (this adapter "
+                             f"needs {ipadapter.spec.encoder_name}).")
+        size = clip_vision_dims(clip_vision).image_size
         batch, height, width = images.shape[:3]
         grid = tile_grid(height, width, encoder_size=size, overlap=tile_overlap, short_side_tiles=short_side_tiles,
                          where=where)

@@ -157,3 +157,13 @@ def test_bad_inputs_are_refused_naming_node_and_input(sd15, run_node, base_adapt
                   start_at=0.0, end_at=1.0)
     with pytest.raises(errors.InputError, match=pattern):
         run_node("IPA_ApplyTiled", **{**inputs, **kw})
+
+
+def test_missing_or_wrong_clip_vision_is_refused(sd15, run_node, base_adapter, make_clip_vision, make_image,
+                                                 pack_module):
+    errors = pack_module("ip_adapter_core.errors")
+    inputs = dict(model=sd15, ipadapter=base_adapter, image=wide(make_image), weight=1.0, start_at=0.0, end_at=1.0)
+    with pytest.raises(errors.InputError, match=r"^IPA Apply \(tiled\): input 'clip_vision' is missing"):
+        run_node("IPA_ApplyTiled", clip_vision=None, **inputs)
+    with pytest.raises(errors.IncompatibleError, match=r"^IPA Apply \(tiled\), input 'clip_vision'"):
+        run_node("IPA_ApplyTiled", clip_vision=make_clip_vision(hidden=64, proj=24), **inputs)
