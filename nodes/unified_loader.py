@@ -7,6 +7,7 @@ give what that adapter reads.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import folder_paths
@@ -28,19 +29,31 @@ def _family_label(ctx: int | None) -> str:
     return FAMILY_LABEL[fam] if fam else f"context width {ctx}"
 
 
-def _found(folder_name: str, scan) -> list[Found]:
-    """Every model file under every path registered for ``folder_name``, in folder order then name order."""
+def _files(folder_name: str) -> list[tuple[str, str]]:
+    """(folder, relative name) of every model file under every path registered for ``folder_name``, in folder order
+    then name order."""
     out = []
     extensions = folder_paths.folder_names_and_paths[folder_name][1]
     for folder in folder_paths.get_folder_paths(folder_name):
-        if not os.path.isdir(folder):
-            continue
-        names = folder_paths.filter_files_extensions(folder_paths.recursive_search(folder, excluded_dir_names=[".git"])[0],
-                                                     extensions)
-        for name in sorted(names):
-            path = os.path.join(folder, name)
-            out.append(Found(name=name.replace(os.sep, "/"), folder=folder, path=path, scan=scan(path)))
+        if os.path.isdir(folder):
+            names = folder_paths.recursive_search(folder, excluded_dir_names=[".git"])[0]
+            out += [(folder, name) for name in sorted(folder_paths.filter_files_extensions(names, extensions))]
     return out
+
+
+def _found(folder_name: str, scan) -> list[Found]:
+    return [Found(name=name.replace(os.sep, "/"), folder=folder, path=os.path.join(folder, name),
+                  scan=scan(os.path.join(folder, name))) for folder, name in _files(folder_name)]
+
+
+def _folder_stamp() -> str:
+    """Changes when a file in the ipadapter / clip_vision folders appears, disappears or is modified."""
+    stamp = hashlib.sha256()
+    for folder_name in (FOLDER, CLIP_FOLDER):
+        for folder, name in _files(folder_name):
+            st = os.stat(os.path.join(folder, name))
+            stamp.update(f"{folder}\0{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return stamp.hexdigest()
 
 
 def _pinned(folder_name: str, name: str, scan, input_name: str) -> list[Found]:
@@ -87,6 +100,12 @@ class IPAUnifiedLoader:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, **_inputs):
+        """ComfyUI re-runs the node (instead of reusing its last outputs) when the folders' files changed: a new file
+        may now fit. Costs one stat per file; headers are re-read only for changed files."""
+        return _folder_stamp()
+
     @reports(DISPLAY_NAME)
     def load(self, model, preset: str, ipadapter_file: str = AUTO, clip_vision_file: str = AUTO):
         if preset not in PRESETS:
@@ -118,9 +137,13 @@ class IPAUnifiedLoader:
         clip_vision = load_clip_vision(choice.encoder.path)
         encoder = choice.encoder.scan.encoder
         text = [f"{adapter.spec.describe()} — {choice.adapter.name} + {choice.encoder.name} ({encoder.name})"]
+        words = PRESETS[preset].prefer
         if pinned:
             text.append("ipadapter_file pinned: the preset was not used.")
-        elif choice.others:
+        elif words and not any(w in choice.adapter.name.lower() for w in words):
+            text.append(f"Note: '{preset}' adapters have the same tensors as other kinds and no fitting file's name "
+                        f"says '{words[0]}', so this may be another kind with the same layout.")
+        if choice.others and not pinned:
             same = " (some with the same variant: tensors cannot tell them apart)" if choice.same_tensors else ""
             text.append(f"Also fit: {', '.join(choice.others)}{same}. Chosen by preset words in the name, then "
                         ".safetensors before .bin, then name; pin ipadapter_file to choose another.")

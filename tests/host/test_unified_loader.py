@@ -171,3 +171,23 @@ def test_combo_lists_auto_and_the_files(pack, library):
     assert files[0] == "auto" and {"zz_random.safetensors", "ip-adapter_sd15.safetensors", "mine.bin"} <= set(files)
     assert spec["optional"]["clip_vision_file"][0] == ["auto", "ip-adapter_sdxl.safetensors", "model.safetensors"]
 
+
+
+def test_is_changed_follows_the_folders(pack, library, folders, make_adapter_file, sd15, cv):
+    cls = pack.NODE_CLASS_MAPPINGS[NODE]
+    first = cls.IS_CHANGED(preset="standard")
+    assert cls.IS_CHANGED(preset="standard") == first
+    path = make_adapter_file(folders["extra_ipadapter"], "full_face", sd15, cv, name="new.safetensors")
+    second = cls.IS_CHANGED(preset="standard")
+    assert second != first
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cls.IS_CHANGED(preset="standard") != second
+
+
+def test_same_tensor_preset_without_a_name_hint_says_so(run_node, host, library, sd15):
+    adapter, _, text = run(run_node, sd15, "plus face")  # only plus file: named ip-adapter_sd15.safetensors
+    assert adapter is host.load_adapter(library["plus"])
+    assert any("'plus face' adapters have the same tensors" in line for line in text), text
+    _, _, text = run(run_node, sd15, "plus")
+    assert len(text) == 1, text
