@@ -152,7 +152,10 @@ _cache_lock = threading.Lock()
 
 def _cached(what: str, path: str, scan: Callable[[str], object]):
     """scan(path), remembered per real path until the file's size or modification time changes."""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling link, or removed meanwhile: the scan says why, nothing to remember
+        return scan(path)
     key, stamp = (what, os.path.realpath(path)), (st.st_size, st.st_mtime_ns)
     with _cache_lock:
         hit = _cache.get(key)

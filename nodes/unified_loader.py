@@ -51,8 +51,12 @@ def _folder_stamp() -> str:
     stamp = hashlib.sha256()
     for folder_name in (FOLDER, CLIP_FOLDER):
         for folder, name in _files(folder_name):
-            st = os.stat(os.path.join(folder, name))
-            stamp.update(f"{folder}\0{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(os.path.join(folder, name))
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:  # a dangling link
+                size = mtime = -1
+            stamp.update(f"{folder}\0{name}\0{size}\0{mtime}\n".encode())
     return stamp.hexdigest()
 
 

@@ -124,6 +124,13 @@ def test_real_size_adapter_variant_from_header(tmp_path, name):
     assert spec.site_dims == (SD15_SITES if family == "sd15" else SDXL_SITES)
 
 
+def test_dangling_link_is_reported_not_raised(tmp_path):
+    link = tmp_path / "gone.safetensors"
+    link.symlink_to(tmp_path / "missing.safetensors")
+    assert "does not exist" in scan.scan_adapter(str(link)).problem
+    assert "does not exist" in scan.scan_clip_vision(str(link)).problem
+
+
 def test_non_adapters_say_what_they_are(tmp_path):
     lora = write_sparse_safetensors(tmp_path / "x.safetensors", {"lora_unet_down.lora_down.weight": (4, 320)})
     assert "LoRA" in scan.scan_adapter(lora).problem

@@ -185,6 +185,13 @@ def test_is_changed_follows_the_folders(pack, library, folders, make_adapter_fil
     assert cls.IS_CHANGED(preset="standard") != second
 
 
+def test_a_dangling_link_in_the_folder_is_listed_not_fatal(run_node, pack, host, library, folders, sd15):
+    (folders["ipadapter"] / "broken.safetensors").symlink_to(folders["ipadapter"] / "nowhere.safetensors")
+    assert pack.NODE_CLASS_MAPPINGS[NODE].IS_CHANGED(preset="standard")
+    adapter, _, _ = run(run_node, sd15, "standard")
+    assert adapter is host.load_adapter(library["base"])
+
+
 def test_same_tensor_preset_without_a_name_hint_says_so(run_node, host, library, sd15):
     adapter, _, text = run(run_node, sd15, "plus face")  # only plus file: named ip-adapter_sd15.safetensors
     assert adapter is host.load_adapter(library["plus"])
