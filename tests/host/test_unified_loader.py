@@ -198,3 +198,52 @@ def test_same_tensor_preset_without_a_name_hint_says_so(run_node, host, library,
     assert any("'plus face' adapters have the same tensors" in line for line in text), text
     _, _, text = run(run_node, sd15, "plus")
     assert len(text) == 1, text
+
+
+def to_open_clip(sd: dict) -> dict:
+    """The open_clip ``visual.*`` layout of a transformers-layout CLIP vision state dict (the inverse of ComfyUI's
+    clip_vision.convert_to_transformers)."""
+    direct = {"vision_model.embeddings.class_embedding": "visual.class_embedding",
+              "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+              "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+              "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+              "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+              "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+              "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias"}
+    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    out = {}
+    for k, v in sd.items():
+        if k in direct:
+            out[direct[k]] = v
+        elif k == "visual_projection.weight":
+            out["visual.proj"] = v.t().contiguous()
+        elif k.startswith("vision_model.encoder.layers."):
+            i, rest = k[len("vision_model.encoder.layers."):].split(".", 1)
+            name, leaf = rest.rsplit(".", 1)
+            if name in parts:
+                out[f"visual.transformer.resblocks.{i}.{parts[name]}.{leaf}"] = v
+            elif name == "self_attn.q_proj":
+                qkv = [sd[f"vision_model.encoder.layers.{i}.self_attn.{p}_proj.{leaf}"] for p in "qkv"]
+                out[f"visual.transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat(qkv)
+            else:
+                assert name in ("self_attn.k_proj", "self_attn.v_proj"), k
+        else:
+            raise AssertionError(f"unmapped key {k}")
+    return out
+
+
+def test_open_clip_layout_encoder_is_found_and_loaded(run_node, pack_module, library, folders, sd15, cv, make_image):
+    from safetensors.torch import save_file
+
+    os.remove(library["enc"])
+    path = str(folders["clip_vision"] / "open_clip_model.safetensors")
+    save_file(to_open_clip(cv.get_sd()), path)
+    os.rename(os.path.splitext(library["enc"])[0] + ".json", os.path.splitext(path)[0] + ".json")
+    enc = pack_module("ip_adapter_core.scan").scan_clip_vision(path).encoder
+    assert (enc.hidden, enc.projection, enc.image_size, enc.layers) == (48, 40, 32, 3)
+    _, clip_vision, text = run(run_node, sd15, "plus")
+    assert "open_clip_model.safetensors" in text[0]
+    image = make_image(1)
+    assert torch.equal(clip_vision.encode_image(image)["penultimate_hidden_states"],
+                       cv.encode_image(image)["penultimate_hidden_states"])
