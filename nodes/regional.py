@@ -89,7 +89,7 @@ class IPARegionalApply:
         tokens = [encode(ipadapter, clip_vision, r.image, where=f"{where} (image_{r.index})") for r in regions]
         for region, t in zip(regions, tokens):
             model = apply_adapter(model, ipadapter, t, weight=region.weight, start_at=start_at, end_at=end_at,
-                                  where=f"{where} (mask_{region.index})", attn_mask=region.mask)
+                                  where=f"{where} (region {region.index})", attn_mask=region.mask)
         conditioning = list(positive) if positive is not None else []
         for region in regions:
             if region.prompt is not None:

@@ -143,3 +143,15 @@ def test_half_a_region_is_refused_naming_both_inputs(regional, make_image, make_
         regional(image_1=make_image(0), mask_1=right_quarter(), **{k: values[v] for k, v in inputs.items()})
     msg = str(e.value)
     assert msg.startswith("IPA Regional Apply") and all(n in msg for n in names), msg
+
+
+def test_adapter_for_another_family_is_refused_with_the_node_name(run_node, sd15, sdxl, cv, make_image,
+                                                                  make_adapter_file, host, pack_module,
+                                                                  tmp_path_factory):
+    sdxl_adapter = host.load_adapter(make_adapter_file(tmp_path_factory.mktemp("regional_sdxl"), "base", sdxl, cv))
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.IncompatibleError) as e:
+        run_node("IPA_RegionalApply", model=sd15, ipadapter=sdxl_adapter, clip_vision=cv, image_1=make_image(0),
+                 mask_1=right_quarter(), weight_1=1.0, start_at=0.0, end_at=1.0)
+    msg = str(e.value)
+    assert msg.startswith("IPA Regional Apply (region 1)") and "'model'" in msg, msg
