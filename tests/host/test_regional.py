@@ -10,8 +10,17 @@ once-halved 4x4 grid; 64x64 masks are stretched to the latent, so an 8x8 cell co
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import pytest
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("ipa_bench_measure", os.path.join(REPO, "bench", "measure.py"))
+measure = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(measure)  # storage walker only; imports no ComfyUI module
 
 
 def feathered_left(width_on=24, feather=16, size=64):
@@ -53,7 +62,8 @@ def test_two_regions_equal_two_chained_masked_applies(regional, run_node, sd15, 
     assert positive == []
 
 
-def test_one_adapter_copy_shared_by_every_region(regional, make_image, base_adapter, attn2_patches, sd15):
+def test_one_adapter_copy_shared_by_every_region(regional, make_image, base_adapter, attn2_patches, sd15,
+                                                 sample):
     model, _ = regional(image_1=make_image(0), mask_1=feathered_left(), image_3=make_image(1), mask_3=right_quarter(),
                         image_4=make_image(2), mask_4=torch.ones(8, 8))
     patches = attn2_patches(model)
@@ -62,6 +72,15 @@ def test_one_adapter_copy_shared_by_every_region(regional, make_image, base_adap
     assert all(run.adapter is base_adapter for run in runs)
     assert all(p.models() == [base_adapter.patcher] for p in patches.values())
     assert "patches_replace" not in sd15.model_options.get("transformer_options", {})
+    # after sampling (K'/V' and mask caches filled): the patched model reaches the adapter's own weight storages,
+    # everything else it holds (tokens, caches, masks of 3 regions) is smaller than one copy of the weights, and a
+    # clone duplicates nothing
+    sample(model)
+    weights = measure.module_bytes(base_adapter.model)
+    held = measure.tensor_storages(model.model_options)
+    assert weights.keys() <= held.keys()
+    assert sum(n for k, n in held.items() if k not in weights) < sum(weights.values())
+    assert measure.duplicated_bytes(model.model_options, model.clone().model_options) == 0
 
 
 def test_outside_the_mask_is_untouched_at_the_first_step(regional, make_image, sample):
