@@ -63,6 +63,12 @@ OLD_INPUTS: dict[str, list[tuple[str, str]]] = {
     "IPAdapterNoise": [("type", W), ("strength", W), ("blur", W), ("image_optional", "IMAGE")],
     "PrepImageForClipVision": [("image", "IMAGE"), ("interpolation", W), ("crop_position", W), ("sharpening", W)],
     "IPAdapterSaveEmbeds": [("embeds", "EMBEDS"), ("filename_prefix", W)],
+    "IPAdapterRegionalConditioning": [("image", "IMAGE"), ("image_weight", W), ("prompt_weight", W),
+                                      ("weight_type", W), *_RANGE, ("mask", "MASK"), ("positive", "CONDITIONING"),
+                                      ("negative", "CONDITIONING")],
+    "IPAdapterCombineParams": [(f"params_{i}", "IPADAPTER_PARAMS") for i in range(1, 6)],
+    "IPAdapterFromParams": [*_HEAD, ("ipadapter_params", "IPADAPTER_PARAMS"), ("combine_embeds", W),
+                            ("embeds_scaling", W), ("image_negative", "IMAGE"), ("clip_vision", "CLIP_VISION")],
 }
 for _name in ("IPAdapterEmbedsBatch",):
     OLD_INPUTS[_name] = OLD_INPUTS["IPAdapterEmbeds"]
@@ -77,9 +83,8 @@ UNSUPPORTED = {
     "IPAdapterClipVisionEnhancer": "no ClipVision Enhancer in this pack (use IPA Prep Image or IPA Apply (tiled))",
     "IPAdapterClipVisionEnhancerBatch": "no ClipVision Enhancer in this pack",
     "IPAdapterFromParams": "regional params are not converted automatically: rebuild them with IPA Regional Apply",
-    "IPAdapterRegionalConditioning": "regional params are not converted automatically: rebuild them with IPA "
-                                     "Regional Apply (one node, up to 4 image/mask/weight regions and prompts)",
-    "IPAdapterCombineParams": "regional params are not converted automatically: use IPA Regional Apply",
+    "IPAdapterRegionalConditioning": "converted only together with the IPAdapter from Params node it feeds",
+    "IPAdapterCombineParams": "converted only together with the IPAdapter from Params node it feeds",
     "IPAdapterWeights": "no per-frame weight generator: type the factors into IPA Apply (advanced)'s frame_weights",
     "IPAdapterWeightsFromStrategy": "no weights strategies in this pack",
     "IPAdapterPromptScheduleFromWeightsStrategy": "no weights strategies in this pack",
@@ -145,6 +150,20 @@ TARGETS: dict[str, Target] = {
         {"weight_style": 1.0, "weight_composition": 1.0, "expand_style": False, "start_at": 0.0, "end_at": 1.0,
          "embeds_scaling": "V only"},
         (("model", "MODEL"),)),
+    "IPA_RegionalApply": Target(
+        "IPA Regional Apply",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image_1", "IMAGE"),
+         ("mask_1", "MASK"), ("weight_1", W), *_APPLY_RANGE,
+         *[(f"{name}_{i}", kind) for i in range(2, 5) for name, kind in (("image", "IMAGE"), ("mask", "MASK"),
+                                                                          ("weight", W))],
+         ("positive", "CONDITIONING"), *[(f"prompt_{i}", "CONDITIONING") for i in range(1, 5)],
+         ("prompt_strength", W)),
+        {**{f"weight_{i}": 1.0 for i in range(1, 5)}, "start_at": 0.0, "end_at": 1.0, "prompt_strength": 1.0},
+        (("model", "MODEL"), ("positive", "CONDITIONING"))),
+    "ConditioningSetMask": Target(  # core: what the old regional node did to its prompts
+        "Conditioning (Set Mask)", (("conditioning", "CONDITIONING"), ("mask", "MASK"), ("strength", W),
+                                    ("set_cond_area", W)),
+        {"strength": 1.0, "set_cond_area": "default"}, (("CONDITIONING", "CONDITIONING"),)),
     "IPA_ApplyTiled": Target(
         "IPA Apply (tiled)",
         (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image", "IMAGE"),
@@ -389,6 +408,86 @@ def _plan(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan | st
     raise AssertionError(t)
 
 
+class _NotRegional(Exception):
+    pass
+
+
+def _regional_plans(olds: dict[Any, Old], consumers: dict[tuple[Any, int], list[Any]],
+                    available: set[str]) -> dict[Any, Plan | str]:
+    """IPAdapter from Params fed by Regional Conditioning nodes (through Combine Params) -> one IPA_RegionalApply;
+    each Regional Conditioning's masked prompts -> core ConditioningSetMask nodes (what it did to them)."""
+    out: dict[Any, Plan | str] = {}
+    for fid, f in olds.items():
+        if f.type != "IPAdapterFromParams":
+            continue
+        regions: list[Old] = []
+        members: list[Any] = []
+
+        def walk(src: Src | None) -> None:
+            o = olds.get(src.node) if src is not None else None
+            if o is None or o.type not in ("IPAdapterRegionalConditioning", "IPAdapterCombineParams"):
+                raise _NotRegional("'ipadapter_params' does not come from IPAdapter Regional Conditioning / Combine "
+                                   "Params nodes")
+            members.append(o.id)
+            if o.type == "IPAdapterRegionalConditioning":
+                regions.append(o)
+            for k in ("params_1", "params_2", "params_3", "params_4", "params_5"):
+                if k in o.links:
+                    walk(o.links[k])
+
+        try:
+            if "IPA_RegionalApply" not in available:
+                raise _NotRegional("IPA_RegionalApply is not available in this version of the pack")
+            walk(f.links.get("ipadapter_params"))
+            if not 1 <= len(regions) <= 4 or len(set(members)) != len(members):
+                raise _NotRegional(f"{len(regions)} regions (IPA Regional Apply takes 1 to 4, each once)")
+            for m in members:
+                if any(c not in members and c != fid for c in consumers.get((m, 0), [])):
+                    raise _NotRegional(f"the params of node {m} are also used elsewhere")
+            if any("mask" not in r.links for r in regions):
+                raise _NotRegional("a region has no mask (IPA Regional Apply needs one per region)")
+            ranges = {(r.values.get("start_at", 0.0), r.values.get("end_at", 1.0)) for r in regions}
+            if len(ranges) != 1 or any(k in r.links for r in regions for k in ("start_at", "end_at")):
+                raise _NotRegional("the regions have different start_at / end_at (IPA Regional Apply has one range)")
+        except _NotRegional as e:
+            out[fid] = str(e)
+            continue
+        (start, end), = ranges
+        inputs: dict[str, Any] = {"model": f.links.get("model"), "ipadapter": f.links.get("ipadapter"),
+                                  "clip_vision": _clip(f.links), "start_at": start, "end_at": end}
+        notes = ["no compatibility setting on IPA Regional Apply: this pack's uncond and middle-block term"]
+        for i, r in enumerate(regions, 1):
+            inputs.update({f"image_{i}": r.links.get("image"), f"mask_{i}": r.links.get("mask"),
+                           f"weight_{i}": r.links.get("image_weight", r.values.get("image_weight", 1.0))})
+            if r.values.get("weight_type", "linear") != "linear":
+                notes.append(f"region {i} (node {r.id}): weight_type {r.values.get('weight_type')!r} dropped")
+        for name, default in (("combine_embeds", "concat"), ("embeds_scaling", "V only")):
+            if f.values.get(name, default) != default:
+                notes.append(f"{name} {f.values.get(name)!r} dropped")
+        if "image_negative" in f.links:
+            notes.append("'image_negative' dropped")
+        out[fid] = Plan({"main": ("IPA_RegionalApply", inputs)}, {0: ("main", 0)}, notes=notes)
+        for m in members:
+            o = olds[m]
+            if o.type == "IPAdapterCombineParams":
+                out[m] = Plan({}, {}, info=[f"merged into IPA Regional Apply (node {fid})"])
+                continue
+            nodes, outputs = {}, {0: f"merged into IPA Regional Apply (node {fid})"}
+            for slot, name in enumerate(("positive", "negative"), 1):
+                if name in o.links:
+                    key = "main" if "main" not in nodes else "neg"
+                    nodes[key] = ("ConditioningSetMask", {
+                        "conditioning": o.links[name], "mask": o.links.get("mask"),
+                        "strength": o.links.get("prompt_weight", o.values.get("prompt_weight", 1.0)),
+                        "set_cond_area": "default"})
+                    outputs[slot] = (key, 0)
+                else:
+                    outputs[slot] = f"no '{name}' was connected"
+            out[m] = Plan(nodes, outputs, info=[f"image part merged into IPA Regional Apply (node {fid}); its "
+                                                "prompts masked by core Conditioning (Set Mask)"])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the graph rewrite
 
 MISSING = object()
@@ -397,10 +496,12 @@ MISSING = object()
 class _Rewrite:
     """Shared by both formats: plans for the old nodes, new ids, and how old outputs map to new ones."""
 
-    def __init__(self, olds: dict[Any, Old], available: set[str], next_id: Callable[[], Any]):
+    def __init__(self, olds: dict[Any, Old], available: set[str], next_id: Callable[[], Any],
+                 consumers: dict[tuple[Any, int], list[Any]]):
         encoders = {i: True for i, o in olds.items() if o.type == "IPAdapterEncoder"}
         self.olds = olds
         self.plans: dict[Any, Plan | str] = {i: _plan(o, available, encoders) for i, o in olds.items()}
+        self.plans.update(_regional_plans(olds, consumers, available))
         self.ids: dict[tuple[Any, str], Any] = {}
         self.outputs: dict[tuple[Any, int], tuple[Any, int, str] | str] = {}
         self.companions: dict[tuple[Any, int], tuple[Any, int, str]] = {}
@@ -442,6 +543,7 @@ class _Rewrite:
                 out.append(Entry(oid, kinds[oid], "unmapped", None, [plan]))
             else:
                 new = " + ".join(t for k, (t, _) in sorted(plan.nodes.items(), key=lambda kv: kv[0] != "main"))
+                new = new or "(removed)"
                 out.append(Entry(oid, kinds[oid], "approximate" if plan.notes else "converted", new,
                                  plan.notes + plan.info))
         return out
@@ -481,7 +583,12 @@ def _migrate_api(api: dict, available: set[str]) -> tuple[dict, list[Entry]]:
     used = set(api) | {v[0] for n in api.values() if isinstance(n, dict)
                        for v in (n.get("inputs") or {}).values() if _is_api_link(v)}
     counter = iter(range(max([int(k) for k in used if str(k).isdigit()] + [0]) + 1, 10 ** 9))
-    rw = _Rewrite(olds, available, lambda: str(next(counter)))
+    consumers: dict[tuple[Any, int], list[Any]] = {}
+    for nid, node in api.items():
+        for value in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
+            if _is_api_link(value):
+                consumers.setdefault((value[0], value[1]), []).append(nid)
+    rw = _Rewrite(olds, available, lambda: str(next(counter)), consumers)
     out = {k: copy.deepcopy(v) for k, v in api.items() if k not in rw.converted()}
     created = set()
     for oid, plan in rw.converted().items():
@@ -550,7 +657,10 @@ def _migrate_ui(wf: dict, available: set[str]) -> tuple[dict, list[Entry]]:
     nodes = {n["id"]: n for n in out["nodes"]}
     node_ids = iter(range(max([_int(wf.get("last_node_id"))] + [_int(i) for i in nodes]) + 1, 10 ** 9))
     link_ids = iter(range(max([_int(wf.get("last_link_id"))] + [_int(i) for i in links]) + 1, 10 ** 9))
-    rw = _Rewrite(olds, available, lambda: next(node_ids))
+    consumers: dict[tuple[Any, int], list[Any]] = {}
+    for lk in wf["links"]:
+        consumers.setdefault((lk[1], lk[2]), []).append(lk[3])
+    rw = _Rewrite(olds, available, lambda: next(node_ids), consumers)
     converted = rw.converted()
 
     def origin(src: Src) -> Src:

@@ -207,6 +207,43 @@ def test_converted_ui_workflow_with_unified_loader_runs(server):
     assert _run_ok(server, graph).images[0].shape == (64, 64, 3)
 
 
+def test_converted_regional_params_run(server):
+    """Regional Conditioning x2 -> Combine Params -> from Params: one IPA Regional Apply + core Set Mask prompts."""
+    region = {"image_weight": 0.8, "prompt_weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0}
+    old = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": standins.CHECKPOINT}},
+        "2": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": standins.ADAPTER_PLUS}},
+        "3": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": standins.CLIP_VISION}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": IMAGE}},
+        "5": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
+        "6": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 64}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lake", "clip": ["1", 1]}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "a mountain", "clip": ["1", 1]}},
+        "9": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "10": {"class_type": "IPAdapterRegionalConditioning", "inputs": {
+            **region, "image": ["4", 0], "mask": ["5", 0], "positive": ["7", 0], "negative": ["9", 0]}},
+        "11": {"class_type": "IPAdapterRegionalConditioning", "inputs": {
+            **region, "image": ["4", 0], "mask": ["6", 0], "positive": ["8", 0]}},
+        "12": {"class_type": "IPAdapterCombineParams", "inputs": {"params_1": ["10", 0], "params_2": ["11", 0]}},
+        "13": {"class_type": "IPAdapterFromParams", "inputs": {
+            "model": ["1", 0], "ipadapter": ["2", 0], "ipadapter_params": ["12", 0], "combine_embeds": "concat",
+            "embeds_scaling": "V only", "clip_vision": ["3", 0]}},
+        "14": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["10", 1],
+                                                               "conditioning_2": ["11", 1]}},
+        **_sampler_tail(["13", 0], clip=["1", 1]),
+    }
+    old["23"]["inputs"].update(positive=["14", 0], negative=["10", 2])
+    graph = wc.use_standins(_convert(old))
+    assert graph["13"]["class_type"] == "IPA_RegionalApply" and "12" not in graph
+    assert graph["10"]["class_type"] == graph["11"]["class_type"] == "ConditioningSetMask"
+    from run_workflow import mean_abs_diff
+
+    one = _run_ok(server, graph).images[0]
+    zero = json.loads(json.dumps(graph))
+    zero["13"]["inputs"].update(weight_1=0.0, weight_2=0.0)
+    assert mean_abs_diff(one, _run_ok(server, zero).images[0]) > MIN_WEIGHT_EFFECT
+
+
 # ---------------------------------------------------------------------------------------------- against the old pack
 
 def old_pack_folder(comfyui: str) -> tuple[str | None, bool]:
