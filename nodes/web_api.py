@@ -16,7 +16,8 @@ Query (every parameter optional; defaults are the node's defaults):
 
 Answer (JSON): {"family", "weight_type", "sites": [{"key": "output.1.3", "block", "t_idx", "layer": N, "weight",
 "swapped"}, ...] in execution order (input, middle, output blocks), "schedule": [factor at progress k/(points-1)]}.
-A bad value gives HTTP 400 with {"error": "<the same message the node would raise>"}.
+A value the node would refuse gives {"error": "<the same message the node would raise>"} and nothing else, with
+HTTP 200: a half-typed layer_weights is an ordinary state of the editor, not a failed request (no console error).
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ async def handle_site_weights(request: Any) -> Any:
     try:
         return web.json_response(site_weight_preview(request.rel_url.query))
     except InputError as e:
-        return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"error": str(e)})
 
 
 def register() -> bool:

@@ -1,0 +1,340 @@
+"""The real frontend in a headless browser: ComfyUI's server with this pack, the page ComfyUI serves, Chromium.
+
+What is checked, on the surfaces a user sees:
+- the pack's web extension (web/js/ipa.js) loads, and nothing the pack serves or runs logs a console error;
+- every node of the pack is in the node library (sidebar search "IPA"), and its help button shows the pack's
+  help page (the frontend fetches /extensions/<pack>/docs/<NodeId>.md and renders it: each input in bold);
+- example_workflows/ipadapter_simple.json loads into the graph editor (UI format, model names swapped for the random
+  stand-ins), is queued from the page (app.queuePrompt), runs, and its image comes back to the page; the loader
+  shows the detected variant on the node;
+- the weight preview on IPA Apply (advanced) draws the route's per-site weights, follows widget edits and shows
+  the node's error text for bad layer_weights.
+Screenshots go to pytest's tmp dir; with IPA_SCREENSHOT_DIR=docs/images they are also written there (README).
+
+Browser: Chromium from the system (IPA_CHROMIUM, or chromium / chromium-browser on PATH), driven by Playwright
+(pip package ``playwright``; no browser download). Started headless, --no-sandbox, without background networking;
+every request to another host than the ComfyUI server is blocked. Skipped, with the reason, when either is missing
+(scripts/setup_env.sh --test installs both where it can).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.join(REPO, "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+import standins  # noqa: E402
+
+PACK = "comfyui_ip_adapter"  # the folder name scripts/run_workflow.ComfyServer links the pack under
+EXAMPLES = os.path.join(REPO, "example_workflows")
+SIMPLE = os.path.join(EXAMPLES, "ipadapter_simple.json")
+STYLE = os.path.join(EXAMPLES, "ipadapter_style_composition.json")
+REFERENCE = os.path.join(EXAMPLES, "ipadapter_reference.png")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-extensions",
+                 "--metrics-recording-only", "--disable-dev-shm-usage"]
+PAGE_TIMEOUT_MS = 180_000
+RUN_TIMEOUT_MS = 600_000
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium() -> tuple[str | None, str]:
+    env = os.environ.get("IPA_CHROMIUM")
+    if env:
+        return (env, "") if os.path.isfile(env) else (None, f"IPA_CHROMIUM={env} does not exist")
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path, ""
+    return None, ("no Chromium found (IPA_CHROMIUM, chromium, chromium-browser); install it with "
+                  "'apt-get install chromium' (scripts/setup_env.sh --test does so when run as root)")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path, why = _chromium()
+    if path is None:
+        pytest.skip(f"browser tests: {why}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser tests: the Python package 'playwright' is not installed (pip install playwright; "
+                    "no 'playwright install' needed, the system Chromium is used)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(chromium, comfyui_path):
+    from run_workflow import ComfyServer
+
+    if not standins.is_fresh():
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
+                       timeout=900)
+    with ComfyServer(comfyui_path, models_dir=standins.DEFAULT_MODELS_DIR, helper_nodes=True, cpu=True,
+                     quiet=True) as srv:
+        srv.copy_input(REFERENCE)
+        # a fresh user folder: no first-run template browser over the canvas
+        srv.session.post(f"{srv.url}/settings/Comfy.TutorialCompleted", json=True, timeout=30).raise_for_status()
+        yield srv
+
+
+class Page:
+    """The Playwright page plus what it logged: console errors, page errors, failed responses, blocked requests."""
+
+    def __init__(self, page, server_url: str):
+        self.page = page
+        self.errors: list[str] = []
+        self.blocked: list[str] = []
+        self.served: dict[str, int] = {}  # the pack's files and route: URL -> HTTP status
+        page.on("console", lambda m: m.type == "error" and self.errors.append(
+            f"console: {m.text} @ {m.location.get('url', '')}"))
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}\n{e.stack}"))
+        page.on("response", self._response)
+
+        def route(r):
+            if r.request.url.startswith(server_url):
+                r.continue_()
+            else:
+                self.blocked.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+
+    def _response(self, r) -> None:
+        if r.status >= 400:
+            self.errors.append(f"HTTP {r.status}: {r.url}")
+        if f"/extensions/{PACK}/" in r.url or "/ipa/" in r.url:
+            self.served[r.url.split("?")[0]] = r.status
+
+    def ours(self) -> list[str]:
+        """Errors that involve this pack: its files, its route, its nodes. Not counted: the frontend's first try
+        for a help page, docs/<NodeId>/<locale>.md (the pack ships docs/<NodeId>.md, the frontend's fallback)."""
+        marks = (f"/extensions/{PACK}/", "/ipa/", "IPA_", "ipa.js")
+        localized = re.compile(rf"/extensions/{PACK}/docs/[^/\s]+/[\w-]+\.md")
+        return [e for e in self.errors if any(m in e for m in marks) and not localized.search(e)]
+
+
+@pytest.fixture(scope="module")
+def ui(chromium, server, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path_factory.mktemp("screenshots")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            wrapped = Page(page, server.url)
+            wrapped.shots = str(shots)
+            page.goto(server.url)
+            page.wait_for_function("window.app?.graph && window.LiteGraph && window.comfyAPI?.api?.api")
+            page.wait_for_function("app.extensions.some(e => e.name === 'ipa.graphEditor')")
+            page.evaluate("""() => {
+                window.__ipaExecuted = [];
+                window.__ipaFailed = [];
+                const api = comfyAPI.api.api;
+                api.addEventListener('executed', e => window.__ipaExecuted.push(e.detail));
+                api.addEventListener('execution_error', e => window.__ipaFailed.push(e.detail));
+            }""")
+            yield wrapped
+            print(f"\nbrowser screenshots: {shots}; blocked external requests: {wrapped.blocked or 'none'}")
+        finally:
+            browser.close()
+
+
+def _screenshot(ui: Page, name: str, **kw) -> str:
+    """Screenshot into the tmp dir; with IPA_SCREENSHOT_DIR also there, reduced to 128 colours (small PNGs)."""
+    path = os.path.join(ui.shots, name)
+    ui.page.screenshot(path=path, **kw)
+    keep = os.environ.get("IPA_SCREENSHOT_DIR")
+    if keep:
+        from PIL import Image
+
+        os.makedirs(keep, exist_ok=True)
+        Image.open(path).convert("RGB").quantize(128).save(os.path.join(keep, name), optimize=True)
+    return path
+
+
+def _pack_nodes(server) -> dict[str, dict]:
+    info = server.object_info()
+    return {k: v for k, v in info.items() if v.get("python_module", "").split(".")[-1] == PACK}
+
+
+def _ui_standins(workflow: dict) -> dict:
+    """The UI-format twin of workflow_convert.use_standins: stand-in file names, the helper CLIP vision loader,
+    64 px latents, at most 3 steps; the loaders' download links dropped (no missing-model dialog)."""
+    wf = copy.deepcopy(workflow)
+    for node in wf["nodes"]:
+        values, kind = node.get("widgets_values"), node["type"]
+        node.get("properties", {}).pop("models", None)
+        if kind == "CheckpointLoaderSimple":
+            values[0] = standins.CHECKPOINT
+        elif kind == "CLIPVisionLoader":
+            node["type"] = "IPATest_CLIPVisionLoaderJSON"
+            values[0] = standins.CLIP_VISION
+        elif kind == "IPA_ModelLoader":
+            values[0] = standins.ADAPTER_PLUS if "plus" in values[0] else standins.ADAPTER
+        elif kind == "EmptyLatentImage":
+            values[0] = values[1] = 64
+        elif kind == "KSampler":
+            values[2] = min(values[2], 3)
+    return wf
+
+
+def _load_graph(ui: Page, workflow: dict) -> None:
+    ui.page.evaluate("async wf => { await app.loadGraphData(wf, true, true, 'ipa-browser-test'); }", workflow)
+    ui.page.wait_for_function("n => app.graph.nodes.length === n", arg=len(workflow["nodes"]))
+
+
+# ------------------------------------------------------------------------------------------------------------ tests
+
+def test_extension_loads_without_console_errors(ui, server):
+    r = server.session.get(f"{server.url}/extensions/{PACK}/js/ipa.js", timeout=30)
+    assert r.status_code == 200 and "registerExtension" in r.text
+    assert ui.served.get(f"{server.url}/extensions/{PACK}/js/ipa.js") == 200, ui.served
+    assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
+
+
+def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
+    nodes = _pack_nodes(server)
+    assert "IPA_ApplyAdvanced" in nodes and "IPA_ModelLoader" in nodes, sorted(nodes)
+    registered = ui.page.evaluate("Object.keys(LiteGraph.registered_node_types)")
+    assert not set(nodes) - set(registered), f"not registered in the editor: {set(nodes) - set(registered)}"
+
+    page = ui.page
+    page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
+    page.fill("input.search-box-input", "IPA")
+    for node_id, spec in sorted(nodes.items()):
+        name = spec["display_name"]
+        leaf = page.locator(f'li.p-tree-node-leaf[aria-label="{name}"]').first
+        leaf.wait_for(state="visible")
+        leaf.hover()
+        doc = f"/extensions/{PACK}/docs/{node_id}.md"
+        with page.expect_response(lambda r: r.url.split("?")[0].endswith(doc)) as response:
+            leaf.locator("button.help-button").click()
+        assert response.value.status == 200, f"{node_id}: help page {doc} -> HTTP {response.value.status}"
+        inputs = [*spec["input"].get("required", {}), *spec["input"].get("optional", {})]
+        page.wait_for_function(
+            """names => {
+                const bold = [...document.querySelectorAll('.node-help-content .markdown-content strong')];
+                return names.every(n => bold.some(s => s.textContent.trim() === n));
+            }""", arg=inputs, timeout=30_000)
+        if node_id == "IPA_ApplyAdvanced":
+            _screenshot(ui, "help_page.png")
+        page.locator("button:has(.pi-arrow-left)").first.click()  # the help page's back arrow
+        page.fill("input.search-box-input", "IPA")
+    page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
+    assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
+
+
+PREVIEW = "id => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipa_preview')"
+
+
+def _node_clip(ui: Page, node_id: int) -> dict:
+    """The node's box on the screen (title included), for a clipped screenshot."""
+    return ui.page.evaluate("""id => {
+        const node = app.graph.getNodeById(id), ds = app.canvas.ds;
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        const title = LiteGraph.NODE_TITLE_HEIGHT;
+        const [x, y] = ds.convertOffsetToCanvas([node.pos[0] - 6, node.pos[1] - title - 6]);
+        return {x: rect.left + x, y: rect.top + y, width: (node.size[0] + 12) * ds.scale,
+                height: (node.size[1] + title + 12) * ds.scale};
+    }""", node_id)
+
+
+def test_simple_example_loads_queues_and_shows_its_image(ui, server):
+    workflow = _ui_standins(json.load(open(SIMPLE, encoding="utf-8")))
+    _load_graph(ui, workflow)
+    page = ui.page
+    assert sorted(page.evaluate("app.graph.nodes.map(n => n.type)")) == sorted(n["type"] for n in workflow["nodes"])
+    ids = {n["type"]: n["id"] for n in workflow["nodes"]}
+    page.evaluate("() => { __ipaExecuted.length = 0; __ipaFailed.length = 0; }")
+    page.evaluate("app.queuePrompt(0, 1)")
+    page.wait_for_function(
+        "id => __ipaFailed.length || __ipaExecuted.some(d => String(d.node) === String(id) && d.output?.images)",
+        arg=ids["SaveImage"], timeout=RUN_TIMEOUT_MS)
+    failed = page.evaluate("__ipaFailed")
+    assert not failed, f"the prompt failed: {failed}\n{server.log_tail()}"
+    # the image reaches the page: the Save Image node displays it
+    page.wait_for_function("id => app.graph.getNodeById(id).imgs?.[0]?.naturalWidth === 64", arg=ids["SaveImage"])
+    # the loader shows what it detected (the base stand-in adapter on an SD1.5-shaped checkpoint)
+    text = page.evaluate("id => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipa_info')?.value",
+                         ids["IPA_ModelLoader"])
+    assert text and text.startswith("Base, SD1.5, 4 tokens, needs "), text
+    # what the editor saves is unchanged by the extension's displays (no extra widget values)
+    saved = page.evaluate("id => app.graph.getNodeById(id).serialize().widgets_values", ids["IPA_ModelLoader"])
+    assert saved == [standins.ADAPTER]
+    page.evaluate("app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.wait_for_timeout(500)
+    _screenshot(ui, "simple_workflow.png")
+    assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
+
+
+def test_weight_preview_on_apply_advanced(ui):
+    workflow = _ui_standins(json.load(open(STYLE, encoding="utf-8")))
+    _load_graph(ui, workflow)
+    page = ui.page
+    style, composition = [n["id"] for n in workflow["nodes"] if n["type"] == "IPA_ApplyAdvanced"]
+    page.wait_for_function(f"ids => ids.every(id => ({PREVIEW})(id)?.data)", arg=[style, composition])
+
+    def weights(node_id):
+        data = page.evaluate(f"id => ({PREVIEW})(id).data", node_id)
+        return {s["key"]: s["weight"] for s in data["sites"]}
+
+    # SD1.5 (nothing ran yet, so the switch's default), SpatialTransformers in execution order: input 1, 2, 4, 5,
+    # 7, 8 = t 0-5, middle = 6, output 3-11 = 7-15. style transfer: t 0-3 and 9-15 at w (1.0); composition: t 4 at
+    # w/4, t 5 at w (0.8).
+    keys = ["input.1.0", "input.2.0", "input.4.0", "input.5.0", "input.7.0", "input.8.0", "middle.0.0"] + [
+        f"output.{i}.0" for i in range(3, 12)]
+    assert weights(style) == {k: (1.0 if t <= 3 or t >= 9 else 0.0) for t, k in enumerate(keys)}
+    assert weights(composition) == pytest.approx({k: {4: 0.2, 5: 0.8}.get(t, 0.0) for t, k in enumerate(keys)})
+
+    # typing into the layer_weights text box (the real DOM widget) updates the bars
+    page.evaluate("id => { app.canvas.centerOnNode(app.graph.getNodeById(id)); app.canvas.setDirty(true, true); }",
+                  style)
+    page.evaluate("""id => app.graph.getNodeById(id).widgets.find(w => w.name === 'layer_weights')
+                      .element.setAttribute('data-ipa-test', 'layer-weights')""", style)
+    box = page.locator("[data-ipa-test=layer-weights]")
+    box.fill("3:1.0, N29:0.5")
+    page.wait_for_function(f"id => ({PREVIEW})(id).data?.sites.some(s => s.weight === 0.5)", arg=style)
+    assert {k: w for k, w in weights(style).items() if w} == {"input.5.0": 1.0, "output.11.0": 0.5}
+    box.fill("3:1.0, bogus")
+    page.wait_for_function(f"id => ({PREVIEW})(id).error", arg=style)
+    error = page.evaluate(f"id => ({PREVIEW})(id).error", style)
+    assert "layer_weights" in error and "bogus" in error, error
+    box.fill("")
+
+    # clicking SDXL on the preview switches the layout (70 sites); style transfer is then output block 1 only
+    page.wait_for_function(f"id => !({PREVIEW})(id).error", arg=style)
+    target = page.evaluate(f"""id => {{
+        const node = app.graph.getNodeById(id), w = ({PREVIEW})(id), ds = app.canvas.ds;
+        const box = w.boxes.find(b => b.family === 'sdxl');
+        const [x, y] = ds.convertOffsetToCanvas([node.pos[0] + box.x + box.w / 2, node.pos[1] + w.last_y + 7]);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        return [rect.left + x, rect.top + y];
+    }}""", style)
+    page.mouse.click(*target)
+    page.wait_for_function(f"id => ({PREVIEW})(id).data?.sites.length === 70", arg=style)
+    on = {k for k, w in weights(style).items() if w}
+    assert on == {f"output.1.{t}" for t in range(10)}
+    # a schedule shows its curve: ease in-out over start_at..end_at
+    page.evaluate("""id => {
+        const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'weight_schedule');
+        w.value = 'ease in-out'; w.callback?.(w.value); app.canvas.setDirty(true, true);
+    }""", style)
+    page.wait_for_function(f"id => ({PREVIEW})(id).data?.schedule.at(0) === 0", arg=style)
+    schedule = page.evaluate(f"id => ({PREVIEW})(id).data.schedule", style)
+    assert schedule[len(schedule) // 2] == pytest.approx(1.0) and schedule[-1] == pytest.approx(0.0)
+    page.wait_for_timeout(300)
+    _screenshot(ui, "weight_preview.png", clip=_node_clip(ui, style))
+    assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
