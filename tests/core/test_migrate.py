@@ -367,7 +367,8 @@ def test_widget_converted_to_input_keeps_its_link():
 def test_api_workflow():
     api = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
-        "2": {"class_type": "IPAdapterUnifiedLoader", "inputs": {"model": ["1", 0], "preset": "VIT-G (medium strength)"}},
+        "2": {"class_type": "IPAdapterUnifiedLoader",
+              "inputs": {"model": ["1", 0], "preset": "VIT-G (medium strength)"}},
         "3": {"class_type": "IPAdapterPreciseComposition", "inputs": {
             "model": ["2", 0], "ipadapter": ["2", 1], "image": ["4", 0], "weight": 1.0, "composition_boost": 0.0,
             "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}},

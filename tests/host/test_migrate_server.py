@@ -119,7 +119,8 @@ def test_converted_advanced_with_negative_noise_runs_and_the_adapter_acts(server
     old = old_advanced_api(standins.CHECKPOINT, standins.ADAPTER_PLUS, standins.CLIP_VISION, noise_negative=True)
     graph = wc.use_standins(_convert(old))
     assert wc.nodes_of(graph, "IPA_Encode") and wc.nodes_of(graph, "IPA_NoiseImage")
-    assert all(n["inputs"]["compatibility"] == "ComfyUI_IPAdapter_plus" for n in wc.nodes_of(graph, "IPA_ApplyAdvanced"))
+    applies = wc.nodes_of(graph, "IPA_ApplyAdvanced")
+    assert applies and all(n["inputs"]["compatibility"] == "ComfyUI_IPAdapter_plus" for n in applies)
     from run_workflow import mean_abs_diff
 
     one = _run_ok(server, graph).images[0]
@@ -158,12 +159,14 @@ def test_converted_ui_workflow_with_unified_loader_runs(server):
                      {"name": "VAE", "type": "VAE", "links": [11], "slot_index": 2}],
          "widgets_values": [standins.CHECKPOINT]},
         {"id": 2, "type": "IPAdapterUnifiedLoader", "mode": 0, "pos": [350, 0], "size": [315, 78],
-         "inputs": [{"name": "model", "type": "MODEL", "link": 1}, {"name": "ipadapter", "type": "IPADAPTER", "link": None}],
+         "inputs": [{"name": "model", "type": "MODEL", "link": 1},
+                    {"name": "ipadapter", "type": "IPADAPTER", "link": None}],
          "outputs": [{"name": "model", "type": "MODEL", "links": [2], "slot_index": 0},
                      {"name": "ipadapter", "type": "IPADAPTER", "links": [3], "slot_index": 1}],
          "widgets_values": ["PLUS (high strength)"]},
         {"id": 3, "type": "IPAdapter", "mode": 0, "pos": [700, 0], "size": [315, 170],
-         "inputs": [{"name": "model", "type": "MODEL", "link": 2}, {"name": "ipadapter", "type": "IPADAPTER", "link": 3},
+         "inputs": [{"name": "model", "type": "MODEL", "link": 2},
+                    {"name": "ipadapter", "type": "IPADAPTER", "link": 3},
                     {"name": "image", "type": "IMAGE", "link": 4}, {"name": "attn_mask", "type": "MASK", "link": None}],
          "outputs": [{"name": "MODEL", "type": "MODEL", "links": [7], "slot_index": 0}],
          "widgets_values": [1.0, 0.0, 1.0, "standard"]},
@@ -183,7 +186,8 @@ def test_converted_ui_workflow_with_unified_loader_runs(server):
          "outputs": [{"name": "LATENT", "type": "LATENT", "links": [10], "slot_index": 0}],
          "widgets_values": [64, 64, 1]},
         {"id": 8, "type": "KSampler", "mode": 0, "pos": [1150, 0], "size": [315, 262],
-         "inputs": [{"name": "model", "type": "MODEL", "link": 7}, {"name": "positive", "type": "CONDITIONING", "link": 8},
+         "inputs": [{"name": "model", "type": "MODEL", "link": 7},
+                    {"name": "positive", "type": "CONDITIONING", "link": 8},
                     {"name": "negative", "type": "CONDITIONING", "link": 9},
                     {"name": "latent_image", "type": "LATENT", "link": 10}],
          "outputs": [{"name": "LATENT", "type": "LATENT", "links": [12], "slot_index": 0}],
