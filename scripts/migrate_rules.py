@@ -1,0 +1,474 @@
+"""What each ComfyUI_IPAdapter_plus node becomes in this pack: the old nodes' inputs, the target nodes' inputs and
+defaults, and one conversion plan per old node (or the reason there is none). Pure data and small functions; the
+graph rewrite that applies the plans to UI- and API-format workflows is scripts/migrate_workflow.py.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPAT = "ComfyUI_IPAdapter_plus"
+W = "widget"  # marks a widget input in the schemas below
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+# Old nodes: inputs in INPUT_TYPES order (required, then optional); widget inputs are (name, W).
+_OLD_APPLY_TAIL = [("image_negative", "IMAGE"), ("attn_mask", "MASK"), ("clip_vision", "CLIP_VISION")]
+_HEAD = [("model", "MODEL"), ("ipadapter", "IPADAPTER")]
+_RANGE = [("start_at", W), ("end_at", W)]
+OLD_INPUTS: dict[str, list[tuple[str, str]]] = {
+    "IPAdapterUnifiedLoader": [("model", "MODEL"), ("preset", W), ("ipadapter", "IPADAPTER")],
+    "IPAdapterUnifiedLoaderCommunity": [("model", "MODEL"), ("preset", W), ("ipadapter", "IPADAPTER")],
+    "IPAdapterModelLoader": [("ipadapter_file", W)],
+    "IPAdapter": [*_HEAD, ("image", "IMAGE"), ("weight", W), *_RANGE, ("weight_type", W), ("attn_mask", "MASK")],
+    "IPAdapterAdvanced": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), ("combine_embeds", W),
+                          *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterBatch": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), *_RANGE,
+                       ("embeds_scaling", W), ("encode_batch_size", W), *_OLD_APPLY_TAIL],
+    "IPAdapterStyleComposition": [*_HEAD, ("image_style", "IMAGE"), ("image_composition", "IMAGE"),
+                                  ("weight_style", W), ("weight_composition", W), ("expand_style", W),
+                                  ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterTiled": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_type", W), ("combine_embeds", W),
+                       *_RANGE, ("sharpening", W), ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterEmbeds": [*_HEAD, ("pos_embed", "EMBEDS"), ("weight", W), ("weight_type", W), *_RANGE,
+                        ("embeds_scaling", W), ("neg_embed", "EMBEDS"), ("attn_mask", "MASK"),
+                        ("clip_vision", "CLIP_VISION")],
+    "IPAdapterMS": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_faceidv2", W), ("weight_type", W),
+                    ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), ("layer_weights", W), *_OLD_APPLY_TAIL,
+                    ("insightface", "INSIGHTFACE")],
+    "IPAdapterPreciseStyleTransfer": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("style_boost", W),
+                                      ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterPreciseComposition": [*_HEAD, ("image", "IMAGE"), ("weight", W), ("composition_boost", W),
+                                    ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL],
+    "IPAdapterEncoder": [("ipadapter", "IPADAPTER"), ("image", "IMAGE"), ("weight", W), ("mask", "MASK"),
+                         ("clip_vision", "CLIP_VISION")],
+    "IPAdapterCombineEmbeds": [("embed1", "EMBEDS"), ("method", W), *[(f"embed{i}", "EMBEDS") for i in range(2, 6)]],
+    "IPAdapterNoise": [("type", W), ("strength", W), ("blur", W), ("image_optional", "IMAGE")],
+    "PrepImageForClipVision": [("image", "IMAGE"), ("interpolation", W), ("crop_position", W), ("sharpening", W)],
+    "IPAdapterSaveEmbeds": [("embeds", "EMBEDS"), ("filename_prefix", W)],
+    "IPAdapterRegionalConditioning": [("image", "IMAGE"), ("image_weight", W), ("prompt_weight", W),
+                                      ("weight_type", W), *_RANGE, ("mask", "MASK"), ("positive", "CONDITIONING"),
+                                      ("negative", "CONDITIONING")],
+    "IPAdapterCombineParams": [(f"params_{i}", "IPADAPTER_PARAMS") for i in range(1, 6)],
+    "IPAdapterFromParams": [*_HEAD, ("ipadapter_params", "IPADAPTER_PARAMS"), ("combine_embeds", W),
+                            ("embeds_scaling", W), ("image_negative", "IMAGE"), ("clip_vision", "CLIP_VISION")],
+}
+for _name in ("IPAdapterEmbedsBatch",):
+    OLD_INPUTS[_name] = OLD_INPUTS["IPAdapterEmbeds"]
+for _name in ("IPAdapterPreciseStyleTransfer", "IPAdapterPreciseComposition"):
+    OLD_INPUTS[_name + "Batch"] = OLD_INPUTS[_name]
+
+# Old nodes with no counterpart: the reason shown in the report.
+FACEID = "FaceID needs insightface and is not supported by this pack"
+UNSUPPORTED = {
+    "IPAdapterFaceID": FACEID, "IPAAdapterFaceIDBatch": FACEID, "IPAdapterFaceIDKolors": FACEID,
+    "IPAdapterUnifiedLoaderFaceID": FACEID, "IPAdapterInsightFaceLoader": FACEID,
+    "IPAdapterClipVisionEnhancer": "no ClipVision Enhancer in this pack (use IPA Prep Image or IPA Apply (tiled))",
+    "IPAdapterClipVisionEnhancerBatch": "no ClipVision Enhancer in this pack",
+    "IPAdapterFromParams": "regional params are not converted automatically: rebuild them with IPA Regional Apply",
+    "IPAdapterRegionalConditioning": "converted only together with the IPAdapter from Params node it feeds",
+    "IPAdapterCombineParams": "converted only together with the IPAdapter from Params node it feeds",
+    "IPAdapterWeights": "no per-frame weight generator: type the factors into IPA Apply (advanced)'s frame_weights",
+    "IPAdapterWeightsFromStrategy": "no weights strategies in this pack",
+    "IPAdapterPromptScheduleFromWeightsStrategy": "no weights strategies in this pack",
+    "IPAdapterCombineWeights": "no weight lists in this pack: use frame_weights",
+    "IPAdapterLoadEmbeds": ".ipadpt files are pickled raw CLIP outputs; encode the image again with IPA Encode "
+                           "Image and save it with IPA Save Embeds",
+    "IPAdapterStyleCompositionBatch": "IPA Style & Composition has no unfold (image i -> latent i) mode",
+    "IPAdapterTiledBatch": "IPA Apply (tiled) has no unfold (image i -> latent i) mode",
+}
+OLD_TYPES = set(OLD_INPUTS) | set(UNSUPPORTED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A node of this pack as the converter writes it: inputs in order, widget defaults, outputs."""
+    display: str
+    inputs: tuple[tuple[str, str], ...]  # (name, socket type) or (name, W)
+    defaults: dict[str, Any]
+    outputs: tuple[tuple[str, str], ...]
+
+    def widgets(self) -> list[str]:
+        return [n for n, kind in self.inputs if kind == W]
+
+
+_APPLY_RANGE = (("start_at", W), ("end_at", W))
+TARGETS: dict[str, Target] = {
+    "IPA_UnifiedLoader": Target("IPA Unified Loader", (("model", "MODEL"), ("preset", W), ("ipadapter_file", W),
+                                                       ("clip_vision_file", W)),
+                                {"preset": "standard", "ipadapter_file": "auto", "clip_vision_file": "auto"},
+                                (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"))),
+    "IPA_ModelLoader": Target("IPA Load Adapter", (("ipadapter_file", W),), {}, (("IPA_ADAPTER", "IPA_ADAPTER"),)),
+    "IPA_Encode": Target("IPA Encode Image", (("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"),
+                                              ("image", "IMAGE"), ("encode_batch_size", W), ("uncond", W),
+                                              ("negative_image", "IMAGE")),
+                         {"encode_batch_size": 0, "uncond": "reference"}, (("IPA_EMBEDS", "IPA_EMBEDS"),)),
+    "IPA_ApplyAdvanced": Target(
+        "IPA Apply (advanced)",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("weight", W), ("weight_type", W), *_APPLY_RANGE,
+         ("embeds_scaling", W), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION"), ("embeds", "IPA_EMBEDS"),
+         ("layer_weights", W), ("weight_composition", W), ("attn_mask", "MASK"), ("weight_schedule", W),
+         ("schedule_values", W), ("unfold_batch", W), ("frame_weights", W), ("compatibility", W)),
+        {"weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
+         "layer_weights": "", "weight_composition": 1.0, "weight_schedule": "constant", "schedule_values": "",
+         "unfold_batch": False, "frame_weights": "", "compatibility": "this pack"},
+        (("model", "MODEL"),)),
+    "IPA_CombineEmbeds": Target("IPA Combine Embeds", (("embeds", "IPA_EMBEDS"), ("method", W), ("image_weights", W)),
+                                {"method": "concat", "image_weights": ""}, (("IPA_EMBEDS", "IPA_EMBEDS"),)),
+    "IPA_NoiseImage": Target("IPA Noise Image", (("width", W), ("height", W), ("batch", W), ("seed", W), ("type", W),
+                                                 ("strength", W), ("image", "IMAGE")),
+                             {"width": 224, "height": 224, "batch": 1, "seed": 0, "type": "fade", "strength": 1.0},
+                             (("IMAGE", "IMAGE"),)),
+    "IPA_PrepImage": Target("IPA Prep Image", (("image", "IMAGE"), ("crop", W), ("interpolation", W),
+                                               ("sharpening", W), ("clip_vision", "CLIP_VISION"), ("size", W)),
+                            {"crop": "center", "interpolation": "bicubic", "sharpening": 0.0, "size": 224},
+                            (("IMAGE", "IMAGE"),)),
+    "IPA_SaveEmbeds": Target("IPA Save Embeds", (("embeds", "IPA_EMBEDS"), ("filename_prefix", W)),
+                             {"filename_prefix": "ipa_embeds"}, ()),
+    "IPA_StyleComposition": Target(
+        "IPA Style & Composition",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image_style", "IMAGE"),
+         ("image_composition", "IMAGE"), ("weight_style", W), ("weight_composition", W), ("expand_style", W),
+         *_APPLY_RANGE, ("embeds_scaling", W), ("attn_mask", "MASK"), ("negative_image", "IMAGE")),
+        {"weight_style": 1.0, "weight_composition": 1.0, "expand_style": False, "start_at": 0.0, "end_at": 1.0,
+         "embeds_scaling": "V only"},
+        (("model", "MODEL"),)),
+    "IPA_RegionalApply": Target(
+        "IPA Regional Apply",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image_1", "IMAGE"),
+         ("mask_1", "MASK"), ("weight_1", W), *_APPLY_RANGE,
+         *[(f"{name}_{i}", kind) for i in range(2, 5) for name, kind in (("image", "IMAGE"), ("mask", "MASK"),
+                                                                          ("weight", W))],
+         ("positive", "CONDITIONING"), *[(f"prompt_{i}", "CONDITIONING") for i in range(1, 5)],
+         ("prompt_strength", W)),
+        {**{f"weight_{i}": 1.0 for i in range(1, 5)}, "start_at": 0.0, "end_at": 1.0, "prompt_strength": 1.0},
+        (("model", "MODEL"), ("positive", "CONDITIONING"))),
+    "ConditioningSetMask": Target(  # core: what the old regional node did to its prompts
+        "Conditioning (Set Mask)", (("conditioning", "CONDITIONING"), ("mask", "MASK"), ("strength", W),
+                                    ("set_cond_area", W)),
+        {"strength": 1.0, "set_cond_area": "default"}, (("CONDITIONING", "CONDITIONING"),)),
+    "IPA_ApplyTiled": Target(
+        "IPA Apply (tiled)",
+        (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image", "IMAGE"),
+         ("weight", W), *_APPLY_RANGE, ("attn_mask", "MASK"), ("tile_overlap", W), ("short_side_tiles", W),
+         ("interpolation", W), ("sharpening", W)),
+        {"weight": 1.0, "start_at": 0.0, "end_at": 1.0, "tile_overlap": 0.0, "short_side_tiles": 0,
+         "interpolation": "bicubic", "sharpening": 0.0},
+        (("model", "MODEL"), ("tiles", "IMAGE"), ("masks", "MASK"))),
+}
+SEED_WIDGETS = {("IPA_NoiseImage", "seed")}  # the editor stores a control_after_generate value after these
+
+UNIFIED_PRESETS = {
+    "LIGHT - SD1.5 only (low strength)": "light", "STANDARD (medium strength)": "standard",
+    "VIT-G (medium strength)": "vit-G", "PLUS (high strength)": "plus", "PLUS FACE (portraits)": "plus face",
+    "FULL FACE - SD1.5 only (portraits stronger)": "full face", "Composition": "composition",
+}
+SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "BILINEAR": "bilinear", "NEAREST": "nearest",
+                  "BOX": "area", "HAMMING": "bilinear"}
+
+
+def available_nodes() -> set[str]:
+    """Node IDs this pack registers (the keys of ``_NODES`` in nodes/__init__.py, read without importing it)."""
+    path = os.path.join(REPO, "nodes", "__init__.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_NODES" for t in node.targets):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return set()
+
+
+# ---------------------------------------------------------------------------------------------- conversion plans
+
+@dataclass(frozen=True)
+class Src:
+    """Whatever feeds the old graph's output ``slot`` of node ``node`` (mapped when that node is converted)."""
+    node: Any
+    slot: int
+
+
+@dataclass(frozen=True)
+class New:
+    """Output ``slot`` of the node ``key`` of the same plan ("main" = the replacement of the old node)."""
+    key: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class ClipOf:
+    """The CLIP vision that an old unified loader bundled in the IPADAPTER output ``src`` (None if not one)."""
+    src: Src
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, tuple[str, dict[str, Any]]]  # key -> (new type, inputs); "main" keeps the old id
+    outputs: dict[int, tuple[str, int] | str]  # old output slot -> (key, new slot) or why it has none
+    companions: dict[int, tuple[str, int]] = field(default_factory=dict)  # old IPADAPTER slot -> its CLIP_VISION
+    notes: list[str] = field(default_factory=list)  # what changes the result; empty = the old node's result
+    info: list[str] = field(default_factory=list)  # what changes without changing the result
+
+
+@dataclass
+class Old:
+    id: Any
+    type: str
+    values: dict[str, Any]
+    links: dict[str, Src]
+
+
+@dataclass
+class Entry:
+    node: Any
+    old_type: str
+    status: str  # "converted" | "approximate" | "unmapped"
+    new_type: str | None
+    notes: list[str]
+
+    def line(self) -> str:
+        head = f"node {self.node} {self.old_type}"
+        head += f" -> {self.new_type}" if self.new_type else ""
+        return f"[{self.status}] {head}" + "".join(f"\n    - {n}" for n in self.notes)
+
+
+def _clip(links: dict[str, Src]) -> Src | ClipOf | None:
+    """The old node's clip_vision link, else the CLIP vision bundled with its unified-loader IPADAPTER."""
+    if "clip_vision" in links:
+        return links["clip_vision"]
+    return ClipOf(links["ipadapter"]) if "ipadapter" in links else None
+
+
+def _apply_plan(old: Old, *, weight_type: str, unfold: bool = False, notes: list[str] | None = None,
+                layer_weights: str = "") -> Plan:
+    """An old apply node -> IPA_ApplyAdvanced in compatibility mode, with an IPA_Encode (and IPA_CombineEmbeds) in
+    front when the old node's encode-side options need one."""
+    v, ln = old.values, old.links
+    notes = list(notes or [])
+    clip = _clip(ln)
+    combine = v.get("combine_embeds", "concat")
+    batch_size = v.get("encode_batch_size", 0) or 0
+    nodes: dict[str, tuple[str, dict[str, Any]]] = {}
+    main = {"model": ln.get("model"), "ipadapter": ln.get("ipadapter"), "weight": ln.get("weight", v.get("weight")),
+            "weight_type": weight_type, "start_at": ln.get("start_at", v.get("start_at")),
+            "end_at": ln.get("end_at", v.get("end_at")), "embeds_scaling": v.get("embeds_scaling", "V only"),
+            "attn_mask": ln.get("attn_mask"), "layer_weights": layer_weights, "unfold_batch": unfold,
+            "compatibility": COMPAT}
+    if "pos_embed" in ln:
+        main["embeds"] = ln["pos_embed"]
+    elif "image_negative" in ln or (combine != "concat" and not unfold) or batch_size:
+        nodes["encode"] = ("IPA_Encode", {"ipadapter": ln.get("ipadapter"), "clip_vision": clip,
+                                          "image": ln.get("image"), "encode_batch_size": batch_size,
+                                          "uncond": "black image", "negative_image": ln.get("image_negative")})
+        main["embeds"] = New("encode", 0)
+        if combine != "concat" and not unfold:
+            nodes["combine"] = ("IPA_CombineEmbeds", {"embeds": New("encode", 0), "method": combine})
+            main["embeds"] = New("combine", 0)
+            notes.append(f"combine_embeds '{combine}' now acts on the projected image tokens (IPA Combine Embeds); "
+                         "the old pack combined the CLIP embeddings before the projection: close, not equal")
+    else:
+        main["image"], main["clip_vision"] = ln.get("image"), clip
+    if "weight" in ln and isinstance(ln["weight"], Src):
+        notes.append("'weight' comes from a link: a per-frame weight list must become frame_weights (text)")
+    nodes["main"] = ("IPA_ApplyAdvanced", main)
+    return Plan(nodes, {0: ("main", 0)}, notes=notes)
+
+
+def plan_node(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan | str:
+    """The conversion of one old node, or the reason it cannot be converted. ``encoders``: old node id -> True for
+    the IPAdapterEncoder nodes that are converted."""
+    t, v, ln = old.type, old.values, old.links
+    if t in UNSUPPORTED:
+        return (UNSUPPORTED[t])
+    if t in ("IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderCommunity"):
+        preset = UNIFIED_PRESETS.get(v.get("preset"))
+        if preset is None:
+            return (f"preset {v.get('preset')!r} has no counterpart (Kolors is not supported)")
+        info = ["input 'ipadapter' (chaining loaders) dropped: IPA Unified Loader caches files across prompts"] \
+            if "ipadapter" in ln else []
+        return Plan({"main": ("IPA_UnifiedLoader", {"model": ln.get("model"), "preset": preset})},
+                    {0: ("main", 0), 1: ("main", 1)}, companions={1: ("main", 2)}, info=info)
+    if t == "IPAdapterModelLoader":
+        return Plan({"main": ("IPA_ModelLoader", {"ipadapter_file": v.get("ipadapter_file")})}, {0: ("main", 0)})
+    if t == "IPAdapter":
+        wt = v.get("weight_type", "standard")
+        return _apply_plan(old, weight_type="style transfer" if wt.startswith("style")
+                           else SIMPLE_WEIGHT_TYPES.get(wt, "linear"))
+    if t in ("IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterEmbeds", "IPAdapterEmbedsBatch"):
+        plan = _apply_plan(old, weight_type=v.get("weight_type", "linear"), unfold=t.endswith("Batch"))
+        neg = ln.get("neg_embed")
+        if neg is not None:
+            pos = ln.get("pos_embed")
+            same = pos is not None and neg == Src(pos.node, 1) and pos.slot == 0 and encoders.get(pos.node, False)
+            (plan.info if same else plan.notes).append(
+                "'neg_embed' dropped: the uncond travels inside the embeds (IPA Encode Image's uncond / "
+                "negative_image)" + ("" if same else "; this neg_embed did not come from the same encoder"))
+        return plan
+    if t == "IPAdapterMS":
+        plan = _apply_plan(old, weight_type=v.get("weight_type", "linear"), layer_weights=v.get("layer_weights") or "")
+        if "insightface" in ln:
+            plan.info.append("'insightface' dropped (FaceID only)")
+        return plan
+    if t.startswith("IPAdapterPreciseStyleTransfer"):
+        notes = [] if v.get("style_boost") == v.get("weight") else [
+            f"style_boost {v.get('style_boost')} differs from weight {v.get('weight')}: the composition layers now "
+            "get weight (this pack's 'style transfer precise' has no separate boost)"]
+        return _apply_plan(old, weight_type="style transfer precise", unfold=t.endswith("Batch"), notes=notes)
+    if t.startswith("IPAdapterPreciseComposition"):
+        boost, notes = v.get("composition_boost", 0.0), []
+        if boost == 0:
+            wt = "composition"  # the old map with boost 0 is exactly the composition layers
+        else:
+            wt = "composition precise"
+            if boost != v.get("weight"):
+                notes.append(f"composition_boost {boost} differs from weight {v.get('weight')}: the other layers "
+                             "now get weight (this pack's 'composition precise' has no separate boost)")
+        return _apply_plan(old, weight_type=wt, unfold=t.endswith("Batch"), notes=notes)
+    if t == "IPAdapterEncoder":
+        notes = []
+        if v.get("weight", 1.0) != 1.0:
+            notes.append(f"weight {v.get('weight')} dropped (the old pack scaled the CLIP embedding; set the weight "
+                         "on the apply node)")
+        if "mask" in ln:
+            notes.append("'mask' dropped (no masked encoding; use attn_mask on the apply node)")
+        clip = _clip(ln)
+        return Plan({"main": ("IPA_Encode", {"ipadapter": ln.get("ipadapter"), "clip_vision": clip,
+                                             "image": ln.get("image"), "uncond": "black image"})},
+                    {0: ("main", 0), 1: "neg_embed: the uncond is inside IPA Encode Image's IPA_EMBEDS"}, notes=notes)
+    if t == "IPAdapterCombineEmbeds":
+        extra = [n for n in ("embed2", "embed3", "embed4", "embed5") if n in ln]
+        if extra:
+            return (f"{', '.join(extra)} connected: IPA Combine Embeds combines the images of one embeds "
+                             "batch; batch the images before IPA Encode Image instead")
+        return Plan({"main": ("IPA_CombineEmbeds", {"embeds": ln.get("embed1"), "method": v.get("method", "concat")})},
+                    {0: ("main", 0)})
+    if t == "IPAdapterNoise":
+        notes = ["a different noise pattern (seeded by 'seed'), same type and strength"]
+        if v.get("blur"):
+            notes.append(f"blur {v.get('blur')} dropped")
+        return Plan({"main": ("IPA_NoiseImage", {"type": v.get("type"), "strength": v.get("strength"),
+                                                 "image": ln.get("image_optional")})}, {0: ("main", 0)}, notes=notes)
+    if t == "PrepImageForClipVision":
+        notes = ["resize and sharpening are this pack's own (pad uses CLIP mean grey, not black): pixels differ "
+                 "slightly"]
+        return Plan({"main": ("IPA_PrepImage", {
+            "image": ln.get("image"), "crop": v.get("crop_position", "center"),
+            "interpolation": INTERPOLATIONS.get(v.get("interpolation"), "bicubic"),
+            "sharpening": v.get("sharpening", 0.0)})}, {0: ("main", 0)}, notes=notes)
+    if t == "IPAdapterSaveEmbeds":
+        return Plan({"main": ("IPA_SaveEmbeds", {"embeds": ln.get("embeds"),
+                                                 "filename_prefix": v.get("filename_prefix")})}, {},
+                    info=["saves .safetensors under output/ipadapter_embeds/ (not .ipadpt)"])
+    if t == "IPAdapterStyleComposition":
+        if "IPA_StyleComposition" not in available:
+            return ("IPA_StyleComposition is not available in this version of the pack")
+        notes = ["no compatibility setting on IPA Style & Composition: this pack's uncond and middle-block term"]
+        if v.get("combine_embeds", "concat") != "concat":
+            notes.append(f"combine_embeds '{v.get('combine_embeds')}' dropped (several images per input are "
+                         "concatenated; no effect with one image each)")
+        clip = _clip(ln)
+        inputs = {k: ln.get(k, v.get(k)) for k in ("model", "ipadapter", "image_style", "image_composition",
+                                                  "weight_style", "weight_composition", "expand_style", "start_at",
+                                                  "end_at", "embeds_scaling", "attn_mask")}
+        inputs.update(clip_vision=clip, negative_image=ln.get("image_negative"))
+        return Plan({"main": ("IPA_StyleComposition", inputs)}, {0: ("main", 0)}, notes=notes)
+    if t == "IPAdapterTiled":
+        if "IPA_ApplyTiled" not in available:
+            return ("IPA_ApplyTiled is not available in this version of the pack")
+        notes = ["tiles cover the whole image (no crop), so tiles and masks differ from the old pack's; this pack's "
+                 "uncond and middle-block term (no compatibility setting on IPA Apply (tiled))"]
+        for name, default in (("weight_type", "linear"), ("embeds_scaling", "V only"), ("combine_embeds", "concat")):
+            if v.get(name, default) != default:
+                notes.append(f"{name} {v.get(name)!r} dropped (IPA Apply (tiled) has none)")
+        if "image_negative" in ln:
+            notes.append("'image_negative' dropped")
+        clip = _clip(ln)
+        inputs = {k: ln.get(k, v.get(k)) for k in ("model", "ipadapter", "image", "weight", "start_at", "end_at",
+                                                  "attn_mask", "sharpening")}
+        inputs.update(clip_vision=clip, interpolation="lanczos")  # the old pack resized tiles with PIL's Lanczos
+        return Plan({"main": ("IPA_ApplyTiled", inputs)}, {0: ("main", 0), 1: ("main", 1), 2: ("main", 2)},
+                    notes=notes)
+    raise AssertionError(t)
+
+
+class _NotRegional(Exception):
+    pass
+
+
+def regional_plans(olds: dict[Any, Old], consumers: dict[tuple[Any, int], list[Any]],
+                    available: set[str]) -> dict[Any, Plan | str]:
+    """IPAdapter from Params fed by Regional Conditioning nodes (through Combine Params) -> one IPA_RegionalApply;
+    each Regional Conditioning's masked prompts -> core ConditioningSetMask nodes (what it did to them)."""
+    out: dict[Any, Plan | str] = {}
+    for fid, f in olds.items():
+        if f.type != "IPAdapterFromParams":
+            continue
+        regions: list[Old] = []
+        members: list[Any] = []
+
+        def walk(src: Src | None) -> None:
+            o = olds.get(src.node) if src is not None else None
+            if o is None or o.type not in ("IPAdapterRegionalConditioning", "IPAdapterCombineParams"):
+                raise _NotRegional("'ipadapter_params' does not come from IPAdapter Regional Conditioning / Combine "
+                                   "Params nodes")
+            members.append(o.id)
+            if o.type == "IPAdapterRegionalConditioning":
+                regions.append(o)
+            for k in ("params_1", "params_2", "params_3", "params_4", "params_5"):
+                if k in o.links:
+                    walk(o.links[k])
+
+        try:
+            if "IPA_RegionalApply" not in available:
+                raise _NotRegional("IPA_RegionalApply is not available in this version of the pack")
+            walk(f.links.get("ipadapter_params"))
+            if not 1 <= len(regions) <= 4 or len(set(members)) != len(members):
+                raise _NotRegional(f"{len(regions)} regions (IPA Regional Apply takes 1 to 4, each once)")
+            for m in members:
+                if any(c not in members and c != fid for c in consumers.get((m, 0), [])):
+                    raise _NotRegional(f"the params of node {m} are also used elsewhere")
+            if any("mask" not in r.links for r in regions):
+                raise _NotRegional("a region has no mask (IPA Regional Apply needs one per region)")
+            ranges = {(r.values.get("start_at", 0.0), r.values.get("end_at", 1.0)) for r in regions}
+            if len(ranges) != 1 or any(k in r.links for r in regions for k in ("start_at", "end_at")):
+                raise _NotRegional("the regions have different start_at / end_at (IPA Regional Apply has one range)")
+        except _NotRegional as e:
+            out[fid] = str(e)
+            continue
+        (start, end), = ranges
+        inputs: dict[str, Any] = {"model": f.links.get("model"), "ipadapter": f.links.get("ipadapter"),
+                                  "clip_vision": _clip(f.links), "start_at": start, "end_at": end}
+        notes = ["no compatibility setting on IPA Regional Apply: this pack's uncond and middle-block term"]
+        for i, r in enumerate(regions, 1):
+            inputs.update({f"image_{i}": r.links.get("image"), f"mask_{i}": r.links.get("mask"),
+                           f"weight_{i}": r.links.get("image_weight", r.values.get("image_weight", 1.0))})
+            if r.values.get("weight_type", "linear") != "linear":
+                notes.append(f"region {i} (node {r.id}): weight_type {r.values.get('weight_type')!r} dropped")
+        for name, default in (("combine_embeds", "concat"), ("embeds_scaling", "V only")):
+            if f.values.get(name, default) != default:
+                notes.append(f"{name} {f.values.get(name)!r} dropped")
+        if "image_negative" in f.links:
+            notes.append("'image_negative' dropped")
+        out[fid] = Plan({"main": ("IPA_RegionalApply", inputs)}, {0: ("main", 0)}, notes=notes)
+        for m in members:
+            o = olds[m]
+            if o.type == "IPAdapterCombineParams":
+                out[m] = Plan({}, {}, info=[f"merged into IPA Regional Apply (node {fid})"])
+                continue
+            nodes, outputs = {}, {0: f"merged into IPA Regional Apply (node {fid})"}
+            for slot, name in enumerate(("positive", "negative"), 1):
+                if name in o.links:
+                    key = "main" if "main" not in nodes else "neg"
+                    nodes[key] = ("ConditioningSetMask", {
+                        "conditioning": o.links[name], "mask": o.links.get("mask"),
+                        "strength": o.links.get("prompt_weight", o.values.get("prompt_weight", 1.0)),
+                        "set_cond_area": "default"})
+                    outputs[slot] = (key, 0)
+                else:
+                    outputs[slot] = f"no '{name}' was connected"
+            out[m] = Plan(nodes, outputs, info=[f"image part merged into IPA Regional Apply (node {fid}); its "
+                                                "prompts masked by core Conditioning (Set Mask)"])
+    return out
