@@ -610,3 +610,20 @@ def test_regional_without_a_mask_stays_unmapped():
     assert {e.node: e.status for e in entries if e.node >= 10} == {10: "unmapped", 11: "unmapped", 12: "unmapped",
                                                                    13: "unmapped"}
     assert "mask" in entry(entries, 13).notes[0]
+
+
+def test_neg_embed_from_another_encoder_is_approximate():
+    """The old 'what not to see' wiring: a second encoder's pos_embed as neg_embed cannot ride in IPA_EMBEDS."""
+    enc = {"ipadapter": ["1", 0], "image": ["2", 0], "weight": 1.0, "clip_vision": ["3", 0]}
+    api = {"1": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "a.safetensors"}},
+           "4": {"class_type": "IPAdapterEncoder", "inputs": dict(enc)},
+           "5": {"class_type": "IPAdapterEncoder", "inputs": dict(enc, image=["6", 0])},
+           "7": {"class_type": "IPAdapterEmbeds", "inputs": {
+               "model": ["0", 0], "ipadapter": ["1", 0], "pos_embed": ["4", 0], "neg_embed": ["5", 0], "weight": 1.0,
+               "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}}}
+    new, entries = mw.migrate(api, available=ALL)
+    assert new["7"]["inputs"]["embeds"] == ["4", 0] and "neg_embed" not in new["7"]["inputs"]
+    assert entry(entries, "7").status == "approximate"
+    same = copy.deepcopy(api)
+    same["7"]["inputs"]["neg_embed"] = ["4", 1]
+    assert entry(mw.migrate(same, available=ALL)[1], "7").status == "converted"

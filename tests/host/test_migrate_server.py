@@ -211,6 +211,25 @@ def test_converted_ui_workflow_with_unified_loader_runs(server):
     assert _run_ok(server, graph).images[0].shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("kind", ["IPAdapterStyleComposition", "IPAdapterTiled"])
+def test_converted_style_composition_and_tiled_run(server, kind):
+    old = old_advanced_api(standins.CHECKPOINT, standins.ADAPTER_PLUS, standins.CLIP_VISION)
+    inputs = old["5"]["inputs"]
+    old["5"]["class_type"] = kind
+    if kind == "IPAdapterStyleComposition":
+        image = inputs.pop("image")
+        weight = inputs.pop("weight")
+        inputs.pop("weight_type")
+        inputs.update(image_style=image, image_composition=image, weight_style=weight, weight_composition=0.7,
+                      expand_style=False, combine_embeds="average")
+    else:
+        inputs.update(sharpening=0.0)
+    graph = wc.use_standins(_convert(old))
+    target = {"IPAdapterStyleComposition": "IPA_StyleComposition", "IPAdapterTiled": "IPA_ApplyTiled"}[kind]
+    assert graph["5"]["class_type"] == target and graph["5"]["inputs"]["clip_vision"] == ["3", 0]
+    assert _run_ok(server, graph).images[0].shape == (64, 64, 3)
+
+
 def test_converted_regional_params_run(server):
     """Regional Conditioning x2 -> Combine Params -> from Params: one IPA Regional Apply + core Set Mask prompts."""
     region = {"image_weight": 0.8, "prompt_weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0}
