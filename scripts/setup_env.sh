@@ -4,6 +4,7 @@
 #   ComfyUI's requirements.txt            minus torch/torchvision/torchaudio (if a ComfyUI is found)
 #   requests                              the demo's HTTP client
 #   --test: pytest, diffusers             the test suite (diffusers is the reference implementation)
+#   --test: chromium (apt, as root), playwright   the browser tests; optional, failure only skips those tests
 # Idempotent: when everything is present it only checks (a second or two) and installs nothing.
 # Env: PYTHON (default python3), COMFYUI_PATH (see scripts/comfyui_env.py).
 set -euo pipefail
@@ -63,4 +64,24 @@ if [ -n "$MISSING" ]; then
   pip_install "${TODO[@]}"
 else
   echo "setup_env: all requirements present for $PY"
+fi
+
+# --test: the browser tests (tests/host/test_browser.py) drive the system Chromium with Playwright (no browser
+# download). Optional: where either cannot be installed, those tests are skipped with the reason.
+if [ "$WANT_TEST" = 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup_env: apt-get install chromium (browser tests)"
+      export DEBIAN_FRONTEND=noninteractive
+      if ! { apt-get install -y -q chromium >/dev/null 2>&1 \
+             || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
+        echo "setup_env: could not install chromium; the browser tests will be skipped"
+      fi
+    else
+      echo "setup_env: no chromium (and not root with apt-get to install it); the browser tests will be skipped"
+    fi
+  fi
+  if ! "$PY" -c "import playwright.sync_api" >/dev/null 2>&1; then
+    pip_install playwright || echo "setup_env: could not install playwright; the browser tests will be skipped"
+  fi
 fi

@@ -83,8 +83,11 @@ def server(chromium, comfyui_path):
     with ComfyServer(comfyui_path, models_dir=standins.DEFAULT_MODELS_DIR, helper_nodes=True, cpu=True,
                      quiet=True) as srv:
         srv.copy_input(REFERENCE)
-        # a fresh user folder: no first-run template browser over the canvas
-        srv.session.post(f"{srv.url}/settings/Comfy.TutorialCompleted", json=True, timeout=30).raise_for_status()
+        # a fresh user folder: no first-run template browser over the canvas; no minimap or source badges in the
+        # screenshots
+        for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                           "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}.items():
+            srv.session.post(f"{srv.url}/settings/{key}", json=value, timeout=30).raise_for_status()
         yield srv
 
 
@@ -152,12 +155,13 @@ def ui(chromium, server, tmp_path_factory):
             browser.close()
 
 
-def _screenshot(ui: Page, name: str, **kw) -> str:
-    """Screenshot into the tmp dir; with IPA_SCREENSHOT_DIR also there, reduced to 128 colours (small PNGs)."""
+def _screenshot(ui: Page, name: str, *, readme: bool = False, **kw) -> str:
+    """Screenshot into the tmp dir; the README's ones (``readme``) also into IPA_SCREENSHOT_DIR when that is set,
+    reduced to 128 colours (small PNGs)."""
     path = os.path.join(ui.shots, name)
     ui.page.screenshot(path=path, **kw)
     keep = os.environ.get("IPA_SCREENSHOT_DIR")
-    if keep:
+    if keep and readme:
         from PIL import Image
 
         os.makedirs(keep, exist_ok=True)
@@ -252,6 +256,27 @@ def _node_clip(ui: Page, node_id: int) -> dict:
     }""", node_id)
 
 
+def _frame_graph(ui: Page, scale: float, margin: int = 16, top: int = 44) -> dict:
+    """Zoom to ``scale``, put the graph's top-left corner at the canvas' top-left, move the pointer away (no
+    hover popups) and return the screen box of the whole graph; ``top`` px are left for the workflow tabs, which
+    lie over the canvas."""
+    ui.page.mouse.move(5, 890)
+    box = ui.page.evaluate("""([scale, margin, top]) => {
+        const title = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds, nodes = app.graph.nodes;
+        const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - title));
+        const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
+        const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+        ds.scale = scale;
+        ds.offset = [margin / scale - x0, (top + margin) / scale - y0];
+        app.canvas.setDirty(true, true);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        return {x: rect.left, y: rect.top + top, width: Math.min(rect.width, (x1 - x0) * scale + 2 * margin),
+                height: Math.min(rect.height - top, (y1 - y0) * scale + 2 * margin)};
+    }""", [scale, margin, top])
+    ui.page.wait_for_timeout(500)
+    return box
+
+
 def test_simple_example_loads_queues_and_shows_its_image(ui, server):
     workflow = _ui_standins(json.load(open(SIMPLE, encoding="utf-8")))
     _load_graph(ui, workflow)
@@ -274,9 +299,15 @@ def test_simple_example_loads_queues_and_shows_its_image(ui, server):
     # what the editor saves is unchanged by the extension's displays (no extra widget values)
     saved = page.evaluate("id => app.graph.getNodeById(id).serialize().widgets_values", ids["IPA_ModelLoader"])
     assert saved == [standins.ADAPTER]
-    page.evaluate("app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-    page.wait_for_timeout(500)
-    _screenshot(ui, "simple_workflow.png")
+    # make room under the loader for its text (as a user would), then frame the whole graph for the screenshot
+    page.evaluate("""id => {
+        const loader = app.graph.getNodeById(id), bottom = loader.pos[1] + 60;
+        const below = app.graph.nodes.filter(n => n !== loader && Math.abs(n.pos[0] - loader.pos[0]) < 10
+                                              && n.pos[1] > loader.pos[1]);
+        const shift = Math.max(0, loader.pos[1] + loader.size[1] + 40 - Math.min(...below.map(n => n.pos[1])));
+        below.forEach(n => { n.pos[1] += shift; });
+    }""", ids["IPA_ModelLoader"])
+    _screenshot(ui, "simple_workflow.png", readme=True, clip=_frame_graph(ui, 0.8))
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 
 
@@ -335,6 +366,17 @@ def test_weight_preview_on_apply_advanced(ui):
     page.wait_for_function(f"id => ({PREVIEW})(id).data?.schedule.at(0) === 0", arg=style)
     schedule = page.evaluate(f"id => ({PREVIEW})(id).data.schedule", style)
     assert schedule[len(schedule) // 2] == pytest.approx(1.0) and schedule[-1] == pytest.approx(0.0)
-    page.wait_for_timeout(300)
-    _screenshot(ui, "weight_preview.png", clip=_node_clip(ui, style))
+    # the precise type marks the sites it pushes away from the image (SDXL: the composition layer, input 8)
+    page.evaluate("""id => {
+        const node = app.graph.getNodeById(id), w = node.widgets.find(w => w.name === 'weight_type');
+        w.value = 'style transfer precise'; w.callback?.(w.value);
+        node.setSize([420, node.size[1]]);
+        app.canvas.ds.scale = 1.2; app.canvas.centerOnNode(node); app.canvas.setDirty(true, true);
+    }""", style)
+    page.wait_for_function(f"id => ({PREVIEW})(id).data?.sites.some(s => s.swapped)", arg=style)
+    swapped = page.evaluate(f"id => ({PREVIEW})(id).data.sites.filter(s => s.swapped).map(s => s.key)", style)
+    assert swapped == [f"input.8.{t}" for t in range(10)]
+    page.mouse.move(5, 890)
+    page.wait_for_timeout(500)
+    _screenshot(ui, "weight_preview.png", readme=True, clip=_node_clip(ui, style))
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
