@@ -226,12 +226,18 @@ class IPAttn2Patch:
         return found
 
 
+SILENT_RUNS = "ipa_silent_runs"
+
+
 def install(model_patcher: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> Any:
     """A clone of ``model_patcher`` with ``run``'s term on the given sites: (i, key) pairs, where i is the site's
     position in the model's site list (checkpoint layer 2i+1) and key its attn2 key. Sites left out get no patch
-    (apply_adapter leaves out those whose term is provably 0)."""
+    (apply_adapter leaves out those whose term is provably 0). An apply that patches no site at all (weight 0
+    everywhere) is still recorded under transformer_options[SILENT_RUNS], so IPA Re-weight finds it."""
     m = model_patcher.clone()
     to = m.model_options.setdefault("transformer_options", {})
+    if not sites:
+        to[SILENT_RUNS] = tuple(to.get(SILENT_RUNS, ())) + (run,)
     existing = to.get("patches_replace", {}).get("attn2", {})
     for i, key in sites:
         # ComfyUI tries (block, id, index) first, then (block, id): a foreign 2-tuple patch covers every index.
@@ -243,7 +249,8 @@ def install(model_patcher: Any, run: AdapterRun, sites: list[tuple[int, tuple[st
 
 def reweight(model_patcher: Any, factor: float) -> tuple[Any, int]:
     """A clone of ``model_patcher`` whose every IPA term uses its weights times ``factor``, and the number of adapter
-    applies found. Each apply is re-made once and shared by all its sites; foreign patches stay as they are."""
+    applies found (those that patch no site count too: scaling a zero term leaves it zero). Each apply is re-made once
+    and shared by all its sites; foreign patches stay as they are."""
     m = model_patcher.clone()
     attn2 = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     runs: dict[AdapterRun, AdapterRun] = {}
@@ -256,4 +263,4 @@ def reweight(model_patcher: Any, factor: float) -> tuple[Any, int]:
     for key, patch in list(attn2.items()):
         if isinstance(patch, IPAttn2Patch):
             m.set_model_attn2_replace(IPAttn2Patch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner), *key)
-    return m, len(runs)
+    return m, len(runs) + len(m.model_options.get("transformer_options", {}).get(SILENT_RUNS, ()))

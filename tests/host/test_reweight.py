@@ -41,3 +41,12 @@ def test_model_without_adapters_is_refused(sd15, run_node, pack_module):
     with pytest.raises(errors.InputError) as e:
         reweight(run_node, sd15, 0.5)
     assert str(e.value).startswith("IPA Re-weight Adapters") and "'model'" in str(e.value)
+
+
+def test_an_apply_at_weight_0_is_found_and_stays_silent(sd15, apply, run_node, sample):
+    """Weight 0 installs no patch (zero-weight sites are skipped), yet the model went through an apply node: re-weight
+    accepts it (scaling a zero term keeps it zero) instead of saying the model carries no adapter."""
+    silent = apply(sd15, 0.0)
+    assert not silent.model_options["transformer_options"].get("patches_replace", {}).get("attn2")
+    scaled = reweight(run_node, silent, 3.0)
+    assert torch.equal(sample(scaled), sample(sd15))
