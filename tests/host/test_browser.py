@@ -356,6 +356,7 @@ def test_weight_preview_on_apply_advanced(ui):
     }}""", style)
     page.mouse.click(*target)
     page.wait_for_function(f"id => ({PREVIEW})(id).data?.sites.length === 70", arg=style)
+    assert page.evaluate("id => app.graph.getNodeById(id).properties.ipa_family", style) == "sdxl"
     on = {k for k, w in weights(style).items() if w}
     assert on == {f"output.1.{t}" for t in range(10)}
     # a schedule shows its curve: ease in-out over start_at..end_at
@@ -379,4 +380,13 @@ def test_weight_preview_on_apply_advanced(ui):
     page.mouse.move(5, 890)
     page.wait_for_timeout(500)
     _screenshot(ui, "weight_preview.png", readme=True, clip=_node_clip(ui, style))
+
+    # once the connected loader has run, its family wins over the switch: the frontend hands the loader's ui output
+    # to onExecuted, as after a real run
+    loader = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPA_ModelLoader")
+    page.evaluate("id => { app.graph.getNodeById(id).properties.ipa_family = 'sd15'; }", composition)
+    page.evaluate("id => app.graph.getNodeById(id).onExecuted({text: ['Plus, SDXL, 16 tokens, needs CLIP ViT-H']})",
+                  loader)
+    page.wait_for_function(f"id => ({PREVIEW})(id).auto && ({PREVIEW})(id).data?.sites.length === 70",
+                           arg=composition)
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
