@@ -35,7 +35,11 @@ LOADERS = {
     "IPATest_CLIPVisionLoaderJSON": ("clip_name", "clip_vision"),
     "IPA_ModelLoader": ("ipadapter_file", "ipadapter"),
 }
-ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced", "IPA_ApplyTiled")
+ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced", "IPA_ApplyTiled", "IPA_RegionalApply",
+                   "IPA_StyleComposition")
+# The weight inputs of the apply nodes that have no single 'weight'.
+WEIGHT_INPUTS = {"IPA_RegionalApply": ("weight_1", "weight_2", "weight_3", "weight_4"),
+                 "IPA_StyleComposition": ("weight_style", "weight_composition")}
 
 
 class ConversionError(ValueError):
@@ -161,8 +165,16 @@ def set_inputs(api: dict, class_types: Iterable[str] | str, **values: Any) -> di
 
 
 def set_adapter_weight(api: dict, weight: float) -> dict:
-    """Copy with every IPA apply node's weight set (0 = the adapter has no effect)."""
-    return set_inputs(api, ADAPTER_CLASSES, weight=weight)
+    """Copy with every weight of every IPA apply node set (0 = the adapter has no effect); a regional node's
+    weight_2..4 only where the graph sets them."""
+    out = copy.deepcopy(api)
+    hit = nodes_of(out, *ADAPTER_CLASSES)
+    if not hit:
+        raise ConversionError(f"no {'/'.join(ADAPTER_CLASSES)} node in the graph")
+    for node in hit:
+        names = WEIGHT_INPUTS.get(node["class_type"], ("weight",))
+        node["inputs"].update({n: weight for n in names if n == names[0] or n in node["inputs"]})
+    return out
 
 
 def model_files(workflow: dict) -> list[tuple[str, str]]:
