@@ -381,6 +381,13 @@ def test_weight_preview_on_apply_advanced(ui):
     page.wait_for_timeout(500)
     _screenshot(ui, "weight_preview.png", readme=True, clip=_node_clip(ui, style))
 
+    # the preview is display only: not in the prompt, not in the saved widget values
+    prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+    assert not [k for k in prompt[str(style)]["inputs"] if k.startswith("ipa_")]
+    names = page.evaluate("id => app.graph.getNodeById(id).widgets.map(w => w.name)", style)
+    values = page.evaluate("id => app.graph.getNodeById(id).serialize().widgets_values", style)
+    assert names[-1] == "ipa_preview" and len(values) == len(names) - 1, (names, values)
+
     # once the connected loader has run, its family wins over the switch: the frontend hands the loader's ui output
     # to onExecuted, as after a real run
     loader = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPA_ModelLoader")
