@@ -14,7 +14,7 @@ in and out of the small grids) and bilinear on an axis that grows, and flattened
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +27,21 @@ def prepare_mask(mask: torch.Tensor, *, where: str) -> torch.Tensor:
 
     Any size and any aspect ratio is accepted; only a tensor that is not a mask (wrong rank, empty) is refused.
     """
+    mask = mask_batch(mask, where=f"{where}, input 'attn_mask'")
+    return torch.nan_to_num(mask.detach().float(), nan=0.0).clamp(0.0, 1.0)
+
+
+def mask_batch(mask: Any, *, where: str) -> torch.Tensor:
+    """A MASK input (H, W) or (M, H, W) -> the same values as (M, H, W); InputError (prefixed ``where``, e.g.
+    "input 'mask_1'") for anything that is not a mask: not a tensor, wrong rank, empty."""
     if not isinstance(mask, torch.Tensor):
-        raise InputError(f"{where}, input 'attn_mask': expected a MASK tensor, got {type(mask).__name__}.")
+        raise InputError(f"{where}: expected a MASK tensor, got {type(mask).__name__}.")
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3 or mask.numel() == 0:
-        raise InputError(f"{where}, input 'attn_mask': expected a MASK of shape (batch, height, width), got shape "
+        raise InputError(f"{where}: expected a MASK of shape (batch, height, width), got shape "
                          f"{tuple(mask.shape)}; connect a MASK output (e.g. 'Load Image' mask or 'Solid Mask').")
-    return torch.nan_to_num(mask.detach().float(), nan=0.0).clamp(0.0, 1.0)
+    return mask
 
 
 def halvings(h: int, w: int) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InputError
+from .masks import mask_batch
 
 
 def style_composition_types(expand_style: bool) -> tuple[str, str]:
@@ -43,18 +44,6 @@ class Region:
     mask: torch.Tensor
     weight: float
     prompt: Any = None
-
-
-def check_region_mask(mask: Any, *, name: str) -> torch.Tensor:
-    """A MASK input (H, W) or (M, H, W) -> the same tensor as (M, H, W) (values untouched); else InputError."""
-    if not isinstance(mask, torch.Tensor):
-        raise InputError(f"input '{name}': expected a MASK tensor, got {type(mask).__name__}.")
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim != 3 or mask.numel() == 0:
-        raise InputError(f"input '{name}': expected a MASK of shape (batch, height, width), got shape "
-                         f"{tuple(mask.shape)}; connect a MASK output (e.g. 'Solid Mask', 'Image To Mask').")
-    return mask
 
 
 def connected_regions(images: Sequence[Any], masks: Sequence[Any], weights: Sequence[float],
@@ -77,7 +66,7 @@ def connected_regions(images: Sequence[Any], masks: Sequence[Any], weights: Sequ
                              f"with its region's mask: connect image_{i} and mask_{i}, or use 'positive' for a "
                              f"prompt over the whole image.")
         if image is not None:
-            regions.append(Region(i, image, check_region_mask(mask, name=f"mask_{i}"), float(weight), prompt))
+            regions.append(Region(i, image, mask_batch(mask, where=f"input 'mask_{i}'"), float(weight), prompt))
     if not regions:
         raise InputError("no region is connected; connect image_1 and mask_1.")
     return regions

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ip_adapter_core.errors import InputError
-from ip_adapter_core.regions import Region, check_region_mask, connected_regions, style_composition_types
+from ip_adapter_core.regions import Region, connected_regions, style_composition_types
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
 from ip_adapter_core.weighting import site_weights
 
@@ -95,6 +95,6 @@ def test_no_region_and_bad_masks_are_refused():
     with pytest.raises(InputError, match="image_1 and mask_1"):
         connected_regions([None], [None], [1.0], [None])
     with pytest.raises(InputError, match="'mask_3'.*shape \\(4,\\)"):
-        check_region_mask(torch.ones(4), name="mask_3")
+        connected_regions([None, None, "a"], [None, None, torch.ones(4)], [1.0] * 3, [None] * 3)
     with pytest.raises(InputError, match="'mask_1'.*str"):
         connected_regions(["a"], ["not a mask"], [1.0], [None])
