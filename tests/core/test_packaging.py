@@ -126,6 +126,9 @@ def test_every_file_the_readme_points_at_exists():
             if not os.path.isfile(os.path.join(ROOT, "example_workflows", token)):
                 missing.append(token)
     assert not missing, f"README.md points at files that do not exist: {missing}"
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+    big = [i for i in images if os.path.getsize(os.path.join(ROOT, i)) > 200_000]
+    assert not big, f"README images over 200 kB (the registry ships them with every install): {big}"
 
 
 def test_web_extension_is_shipped_dependency_free_and_described():
