@@ -445,3 +445,41 @@ def base_adapter(make_adapter_file, sd15, cv, host, tmp_path_factory):
 def base_embeds(base_adapter, run_node, cv, make_image):
     """IPA_Encode of make_image(0) with base_adapter."""
     return run_node("IPA_Encode", ipadapter=base_adapter, clip_vision=cv, image=make_image(0))[0]
+
+
+# --------------------------------------------------------------------------------------------- real servers
+
+REFERENCE_IMAGE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
+
+
+def _script(name: str):
+    """A module of scripts/ under its top-level name, as the test modules and the scripts themselves import it."""
+    import importlib
+
+    scripts = os.path.join(REPO, "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="session")
+def standins_dir(comfyui_path) -> str:
+    """The random stand-in models of the example workflows (scripts/standins.py), generated in a child process
+    (keeps comfy's model code out of this interpreter) and cached in <repo>/.standins/; returns that folder."""
+    import subprocess
+
+    standins = _script("standins")
+    if not standins.is_fresh():
+        subprocess.run([sys.executable, os.path.join(REPO, "scripts", "standins.py"), "--comfyui", comfyui_path],
+                       check=True, timeout=900)
+    return standins.DEFAULT_MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def standin_server(comfyui_path, standins_dir):
+    """A real ComfyUI server (scripts/run_workflow.ComfyServer, --cpu) for the module, with this pack, the test helper
+    nodes and the stand-ins as its model folders; the example's reference image is in its input folder."""
+    ComfyServer = _script("run_workflow").ComfyServer
+    with ComfyServer(comfyui_path, models_dir=standins_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
+        srv.copy_input(REFERENCE_IMAGE)
+        yield srv

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -74,21 +73,14 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(chromium, comfyui_path):
-    from run_workflow import ComfyServer
-
-    if not standins.is_fresh():
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
-                       timeout=900)
-    with ComfyServer(comfyui_path, models_dir=standins.DEFAULT_MODELS_DIR, helper_nodes=True, cpu=True,
-                     quiet=True) as srv:
-        srv.copy_input(REFERENCE)
-        # a fresh user folder: no first-run template browser over the canvas; no minimap or source badges in the
-        # screenshots
-        for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                           "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}.items():
-            srv.session.post(f"{srv.url}/settings/{key}", json=value, timeout=30).raise_for_status()
-        yield srv
+def server(chromium, standin_server):
+    srv = standin_server
+    # a fresh user folder: no first-run template browser over the canvas; no minimap or source badges in the
+    # screenshots
+    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                       "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}.items():
+        srv.session.post(f"{srv.url}/settings/{key}", json=value, timeout=30).raise_for_status()
+    return srv
 
 
 class Page:

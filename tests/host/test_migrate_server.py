@@ -41,20 +41,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def models_dir(comfyui_path) -> str:
-    if not standins.is_fresh():
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
-                       timeout=900)
-    return standins.DEFAULT_MODELS_DIR
-
-
-@pytest.fixture(scope="module")
-def server(comfyui_path, models_dir):
-    from run_workflow import ComfyServer
-
-    with ComfyServer(comfyui_path, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
-        srv.copy_input(REFERENCE)
-        yield srv
+def server(standin_server):
+    return standin_server
 
 
 def _run_ok(server, graph: dict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -20,7 +19,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPTS = os.path.join(REPO, "scripts")
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
-import standins  # noqa: E402
 import workflow_convert as wc  # noqa: E402
 
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
@@ -95,21 +93,8 @@ def test_convert_maps_widgets_and_skips_frontend_values():
 # ---------------------------------------------------------------------------------------------- the real server
 
 @pytest.fixture(scope="module")
-def models_dir(comfyui_path) -> str:
-    """Random stand-ins, generated in a child process (keeps comfy out of this interpreter), cached in .standins/."""
-    if not standins.is_fresh():
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,
-                       timeout=900)
-    return standins.DEFAULT_MODELS_DIR
-
-
-@pytest.fixture(scope="module")
-def server(comfyui_path, models_dir):
-    from run_workflow import ComfyServer
-
-    with ComfyServer(comfyui_path, models_dir=models_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
-        srv.copy_input(REFERENCE)
-        yield srv
+def server(standin_server):
+    return standin_server
 
 
 @pytest.fixture(scope="module")
