@@ -57,16 +57,17 @@ def is_sdxl_shaped(sites: Sequence[Site]) -> bool:
     return any(s.index > 0 for s in sites)
 
 
-def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float) -> dict[int, float]:
-    """The incumbent's {t_idx: weight} table of a layer-map type (IPAdapterPlus.py:303-338); n = L ("every layer")."""
+def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float, b: float = 1.0) -> dict[int, float]:
+    """The incumbent's {t_idx: weight} table of a layer-map type (IPAdapterPlus.py:303-338); n = L ("every layer").
+    b: the precise types' boost as a factor on w (the incumbent's style_boost / composition_boost = b * w)."""
     if sdxl:
         return {
             "style transfer": {6: w},
             "composition": {3: w},
             "strong style transfer": {t: w for t in range(n) if t != 3},
             "style and composition": {3: wc, 6: w},
-            "style transfer precise": {3: w, 6: w},
-            "composition precise": {**{t: 0.1 * w for t in range(n)}, 3: w, 6: w},
+            "style transfer precise": {3: b * w, 6: w},
+            "composition precise": {**{t: 0.1 * b * w for t in range(n)}, 3: w, 6: b * w},
         }[weight_type]
     style = {t: w for t in (*range(0, 4), *range(9, n))}
     return {
@@ -74,8 +75,9 @@ def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float) -> 
         "composition": {4: 0.25 * w, 5: w},
         "strong style transfer": {t: w for t in range(n) if t not in (4, 5)},
         "style and composition": {**style, 4: 0.25 * wc, 5: wc},
-        "style transfer precise": {**style, 4: 0.25 * w, 5: w},
-        "composition precise": {**{t: w for t in range(n)}, **{t: 0.1 * w for t in (6, 7, 8)}, 4: 0.25 * w, 5: w},
+        "style transfer precise": {**style, 4: 0.25 * b * w, 5: b * w},
+        "composition precise": {**{t: b * w for t in range(n)}, **{t: 0.1 * b * w for t in (6, 7, 8)}, 4: 0.25 * w,
+                                5: w},
     }[weight_type]
 
 
@@ -97,12 +99,15 @@ def check_weight_type(weight_type: str) -> None:
 
 
 def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weight_composition: float = 1.0,
-                 layer_weights: Sequence[float] | None = None) -> tuple[float, ...]:
+                 layer_weights: Sequence[float] | None = None, precise_boost: float = 1.0) -> tuple[float, ...]:
     """The effective weight of every site (same order as ``sites``).
 
     ``layer_weights``: per-site factors from :func:`parse_layer_weights`; when given they replace the weight type's
     curve or map (weight * factor per site), as the incumbent's Mad Scientist node does; only the precise types'
     swap (:func:`swapped_sites`) still applies. ``weight_composition`` is used by "style and composition" only.
+    ``precise_boost`` (the precise types only) multiplies the weight of the layers the precise type works against:
+    the composition layers of "style transfer precise", every layer but the composition ones of "composition
+    precise" (the incumbent's style_boost / composition_boost, given as a factor on ``weight``); 1 = as weight.
     "linear" gives exactly ``weight`` everywhere.
     """
     check_weight_type(weight_type)
@@ -116,7 +121,8 @@ def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weig
     if weight_type in ("linear", "ease in", "ease out", "ease in-out", "reverse in-out"):
         n = num_transformers(sites)
         return tuple(weight * _curve(weight_type, t, n) for t in t_idx)
-    table = _layer_map(weight_type, is_sdxl_shaped(sites), num_transformers(sites), w=weight, wc=weight_composition)
+    table = _layer_map(weight_type, is_sdxl_shaped(sites), num_transformers(sites), w=weight, wc=weight_composition,
+                       b=precise_boost)
     return tuple(table.get(t, 0.0) for t in t_idx)
 
 

@@ -16,7 +16,7 @@ from ..ip_adapter_core.schedule import make_schedule
 from ..ip_adapter_core.weighting import check_weight_type, parse_layer_weights, site_weights, swapped_sites
 from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, COMPATIBILITY, COMPATIBILITY_MODES, EMBEDS_IN,
                      EMBEDS_SCALING, END_AT, FRAME_WEIGHTS, IMAGE_IN, LAYER_WEIGHTS, MODEL_IN, SCHEDULE_VALUES, START_AT,
-                     UNFOLD_BATCH, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_SCHEDULE, WEIGHT_TYPE, reports)
+                     PRECISE_BOOST, UNFOLD_BATCH, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_SCHEDULE, WEIGHT_TYPE, reports)
 from .encode import encode
 from .patch.attn2 import AdapterRun, install
 from .patch.host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
@@ -27,7 +27,7 @@ def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, we
                   layer_weights: str = "", weight_composition: float = 1.0,
                   attn_mask: torch.Tensor | None = None, weight_schedule: str = "constant",
                   schedule_values: str = "", unfold_batch: bool = False, frame_weights: str = "",
-                  compatibility: str = "this pack") -> Any:
+                  compatibility: str = "this pack", precise_boost: float = 1.0) -> Any:
     """Check everything cheap first, then return a patched clone of ``model`` (the input is never changed).
 
     weight_type / layer_weights / weight_composition become one weight per site and embeds_scaling a K'/V' scaling
@@ -36,6 +36,7 @@ def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, we
     clamped to 0..1) that multiplies the image term per query position (ip_adapter_core.masks). weight_schedule /
     schedule_values: a per-step factor over start_at..end_at (ip_adapter_core.schedule); "constant" = none.
     unfold_batch: image i drives latent i; frame_weights: per-latent factors on the weight (ip_adapter_core.frames).
+    precise_boost: the precise types' factor on the layers they work against (ip_adapter_core.weighting).
     compatibility "ComfyUI_IPAdapter_plus": the middle-block sites get no term, as with the old pack on current
     ComfyUI. Sites whose weight is 0 (on every frame) get no patch at all; the others keep their checkpoint layer.
     """
@@ -51,7 +52,7 @@ def apply_adapter(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, *, we
     tokens.check_fits(adapter.spec, adapter.adapter_id, adapter.name, where=f"{where}, input 'embeds'")
     factors = parse_layer_weights(layer_weights, sites)
     weights = site_weights(weight_type, sites, weight=weight, weight_composition=weight_composition,
-                           layer_weights=factors)
+                           layer_weights=factors, precise_boost=precise_boost)
     if compatibility == "ComfyUI_IPAdapter_plus":
         weights = tuple(0.0 if s.block == "middle" else w for s, w in zip(sites, weights))
     run = AdapterRun(adapter, tokens, weight=weight, sigma_start=percent_to_sigma(model, start_at),
@@ -157,7 +158,8 @@ class IPAApplyAdvanced:
                          "layer_weights": LAYER_WEIGHTS, "weight_composition": WEIGHT_COMPOSITION,
                          "attn_mask": ATTN_MASK, "weight_schedule": WEIGHT_SCHEDULE,
                          "schedule_values": SCHEDULE_VALUES, "unfold_batch": UNFOLD_BATCH,
-                         "frame_weights": FRAME_WEIGHTS, "compatibility": COMPATIBILITY},
+                         "frame_weights": FRAME_WEIGHTS, "compatibility": COMPATIBILITY,
+                         "precise_boost": PRECISE_BOOST},
         }
 
     @reports(DISPLAY_NAME)
@@ -165,7 +167,8 @@ class IPAApplyAdvanced:
             end_at: float, embeds_scaling: str, image: torch.Tensor | None = None, clip_vision: Any = None,
             embeds: ImageTokens | None = None, layer_weights: str = "", weight_composition: float = 1.0,
             attn_mask: torch.Tensor | None = None, weight_schedule: str = "constant", schedule_values: str = "",
-            unfold_batch: bool = False, frame_weights: str = "", compatibility: str = "this pack"):
+            unfold_batch: bool = False, frame_weights: str = "", compatibility: str = "this pack",
+            precise_boost: float = 1.0):
         where = self.DISPLAY_NAME
         if attn_mask is not None:
             prepare_mask(attn_mask, where=where)
@@ -182,4 +185,4 @@ class IPAApplyAdvanced:
                               weight_composition=weight_composition, attn_mask=attn_mask,
                               weight_schedule=weight_schedule, schedule_values=schedule_values,
                               unfold_batch=unfold_batch, frame_weights=frame_weights,
-                              compatibility=compatibility),)
+                              compatibility=compatibility, precise_boost=precise_boost),)

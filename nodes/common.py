@@ -83,6 +83,12 @@ COMPATIBILITY = (list(COMPATIBILITY_MODES), {
                "IPAdapter_plus nodes for workflows migrated from them: no image prompt on the middle block (the old "
                "pack's middle-block patch never ran on current ComfyUI) and, when this node encodes the image "
                "itself, a black image as the negative image prompt."})
+PRECISE_BOOST = ("FLOAT", {
+    "default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
+    "tooltip": "For the 'precise' weight types only, a factor on weight for the layers they work against: the "
+               "composition layers of 'style transfer precise' (stronger = follow the reference's layout less), every "
+               "layer but the composition ones of 'composition precise'. 1 = weight (default). The older nodes' "
+               "style_boost / composition_boost B equals precise_boost = B / weight. Ignored by the other types."})
 
 
 def reports(node_name: str) -> Callable:

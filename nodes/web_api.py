@@ -9,6 +9,7 @@ Query (every parameter optional; defaults are the node's defaults):
     weight_type         one of weighting.WEIGHT_TYPES                       ("linear")
     weight              float                                               (1.0)
     weight_composition  float, "style and composition" only                 (1.0)
+    precise_boost       float, the precise types only                       (1.0)
     layer_weights       the node's layer_weights text                       ("")
     weight_schedule     one of schedule.SCHEDULES                           ("constant")
     schedule_values     the node's schedule_values text, "custom" only      ("")
@@ -62,13 +63,14 @@ def site_weight_preview(query: Mapping[str, str]) -> dict[str, Any]:
     weight_type = query.get("weight_type", "linear")
     weight = _number(query, "weight", 1.0)
     weight_composition = _number(query, "weight_composition", 1.0)
+    precise_boost = _number(query, "precise_boost", 1.0)
     points = int(_number(query, "points", DEFAULT_POINTS))
     if not 2 <= points <= MAX_POINTS:
         raise InputError(f"input 'points': {points}; expected 2 to {MAX_POINTS}.")
     sites = expand_layout(LAYOUTS[family])
     factors = parse_layer_weights(query.get("layer_weights", ""), sites)
     weights = site_weights(weight_type, sites, weight=weight, weight_composition=weight_composition,
-                           layer_weights=factors)
+                           layer_weights=factors, precise_boost=precise_boost)
     swapped = swapped_sites(weight_type, sites)
     schedule = make_schedule(query.get("weight_schedule", "constant"), query.get("schedule_values", ""))
     progress = torch.linspace(0.0, 1.0, points, dtype=torch.float64)

@@ -111,10 +111,11 @@ TARGETS: dict[str, Target] = {
         (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("weight", W), ("weight_type", W), *_APPLY_RANGE,
          ("embeds_scaling", W), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION"), ("embeds", "IPA_EMBEDS"),
          ("layer_weights", W), ("weight_composition", W), ("attn_mask", "MASK"), ("weight_schedule", W),
-         ("schedule_values", W), ("unfold_batch", W), ("frame_weights", W), ("compatibility", W)),
+         ("schedule_values", W), ("unfold_batch", W), ("frame_weights", W), ("compatibility", W),
+         ("precise_boost", W)),
         {"weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
          "layer_weights": "", "weight_composition": 1.0, "weight_schedule": "constant", "schedule_values": "",
-         "unfold_batch": False, "frame_weights": "", "compatibility": "this pack"},
+         "unfold_batch": False, "frame_weights": "", "compatibility": "this pack", "precise_boost": 1.0},
         (("model", "MODEL"),)),
     "IPA_CombineEmbeds": Target("IPA Combine Embeds", (("embeds", "IPA_EMBEDS"), ("method", W), ("image_weights", W)),
                                 {"method": "concat", "image_weights": ""}, (("IPA_EMBEDS", "IPA_EMBEDS"),)),
@@ -243,7 +244,7 @@ def _clip(links: dict[str, Src]) -> Src | ClipOf | None:
 
 
 def _apply_plan(old: Old, *, weight_type: str, unfold: bool = False, notes: list[str] | None = None,
-                layer_weights: str = "") -> Plan:
+                layer_weights: str = "", precise_boost: float = 1.0) -> Plan:
     """An old apply node -> IPA_ApplyAdvanced in compatibility mode, with an IPA_Encode (and IPA_CombineEmbeds) in
     front when the old node's encode-side options need one."""
     v, ln = old.values, old.links
@@ -256,7 +257,7 @@ def _apply_plan(old: Old, *, weight_type: str, unfold: bool = False, notes: list
             "weight_type": weight_type, "start_at": ln.get("start_at", v.get("start_at")),
             "end_at": ln.get("end_at", v.get("end_at")), "embeds_scaling": v.get("embeds_scaling", "V only"),
             "attn_mask": ln.get("attn_mask"), "layer_weights": layer_weights, "unfold_batch": unfold,
-            "compatibility": COMPAT}
+            "compatibility": COMPAT, "precise_boost": precise_boost}
     if "pos_embed" in ln:
         main["embeds"] = ln["pos_embed"]
     elif "image_negative" in ln or (combine != "concat" and not unfold) or batch_size:
@@ -275,6 +276,20 @@ def _apply_plan(old: Old, *, weight_type: str, unfold: bool = False, notes: list
         notes.append("'weight' comes from a link: a per-frame weight list must become frame_weights (text)")
     nodes["main"] = ("IPA_ApplyAdvanced", main)
     return Plan(nodes, {0: ("main", 0)}, notes=notes)
+
+
+def _boost_factor(old: Old, name: str, default: float) -> tuple[float, list[str]]:
+    """The old precise node's absolute boost B as this pack's precise_boost = B / weight, and notes where that is not
+    exact (the weight comes from a link, or is 0 with B != 0: the boost then falls back to the weight)."""
+    boost, weight = old.values.get(name, default), old.values.get("weight")
+    if isinstance(old.links.get("weight"), Src) or not isinstance(weight, (int, float)) or \
+            not isinstance(boost, (int, float)):
+        return 1.0, [f"{name} {boost} with a linked weight: precise_boost left at 1 (= weight); set it to "
+                     f"{name} / weight by hand"]
+    if weight == 0:
+        return 1.0, ([] if boost == 0 else [f"{name} {boost} at weight 0: precise_boost is a factor on weight, so the "
+                                            "boosted layers get 0 here"])
+    return boost / weight, []
 
 
 def plan_node(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan | str:
@@ -313,20 +328,15 @@ def plan_node(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan 
             plan.info.append("'insightface' dropped (FaceID only)")
         return plan
     if t.startswith("IPAdapterPreciseStyleTransfer"):
-        notes = [] if v.get("style_boost") == v.get("weight") else [
-            f"style_boost {v.get('style_boost')} differs from weight {v.get('weight')}: the composition layers now "
-            "get weight (this pack's 'style transfer precise' has no separate boost)"]
-        return _apply_plan(old, weight_type="style transfer precise", unfold=t.endswith("Batch"), notes=notes)
+        factor, notes = _boost_factor(old, "style_boost", 1.0)
+        return _apply_plan(old, weight_type="style transfer precise", unfold=t.endswith("Batch"), notes=notes,
+                           precise_boost=factor)
     if t.startswith("IPAdapterPreciseComposition"):
-        boost, notes = v.get("composition_boost", 0.0), []
-        if boost == 0:
-            wt = "composition"  # the old map with boost 0 is exactly the composition layers
-        else:
-            wt = "composition precise"
-            if boost != v.get("weight"):
-                notes.append(f"composition_boost {boost} differs from weight {v.get('weight')}: the other layers "
-                             "now get weight (this pack's 'composition precise' has no separate boost)")
-        return _apply_plan(old, weight_type=wt, unfold=t.endswith("Batch"), notes=notes)
+        if v.get("composition_boost", 0.0) == 0:  # the old map with boost 0 is exactly the composition layers
+            return _apply_plan(old, weight_type="composition", unfold=t.endswith("Batch"))
+        factor, notes = _boost_factor(old, "composition_boost", 0.0)
+        return _apply_plan(old, weight_type="composition precise", unfold=t.endswith("Batch"), notes=notes,
+                           precise_boost=factor)
     if t == "IPAdapterEncoder":
         notes = []
         if v.get("weight", 1.0) != 1.0:

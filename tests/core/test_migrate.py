@@ -25,7 +25,7 @@ ALL = {"IPA_UnifiedLoader", "IPA_ModelLoader", "IPA_Encode", "IPA_ApplyAdvanced"
        "IPA_NoiseImage", "IPA_PrepImage", "IPA_SaveEmbeds", "IPA_StyleComposition", "IPA_ApplyTiled"}
 COMPAT = "ComfyUI_IPAdapter_plus"
 # IPA_ApplyAdvanced's widgets, in order, at their defaults (the brief's interface of the node).
-ADV_DEFAULTS = [1.0, "linear", 0.0, 1.0, "V only", "", 1.0, "constant", "", False, "", "this pack"]
+ADV_DEFAULTS = [1.0, "linear", 0.0, 1.0, "V only", "", 1.0, "constant", "", False, "", "this pack", 1.0]
 
 
 # ---------------------------------------------------------------------------------------------- a tiny UI builder
@@ -141,7 +141,7 @@ def object_info():
             [("image", "IMAGE"), ("clip_vision", "CLIP_VISION"), ("embeds", "IPA_EMBEDS"), ("layer_weights", "STRING"),
              ("weight_composition", "FLOAT"), ("attn_mask", "MASK"), ("weight_schedule", "COMBO"),
              ("schedule_values", "STRING"), ("unfold_batch", "BOOLEAN"), ("frame_weights", "STRING"),
-             ("compatibility", "COMBO")]),
+             ("compatibility", "COMBO"), ("precise_boost", "FLOAT")]),
         "IPA_Encode": info([("ipadapter", "IPA_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("image", "IMAGE")],
                            [("encode_batch_size", "INT"), ("uncond", "COMBO"), ("negative_image", "IMAGE")]),
         "IPA_CombineEmbeds": info([("embeds", "IPA_EMBEDS"), ("method", "COMBO")], [("image_weights", "STRING")]),
@@ -166,7 +166,7 @@ def test_simple_ui_workflow_is_rewired_and_widgets_mapped():
     assert apply["type"] == "IPA_ApplyAdvanced"
     # old widget order: weight, start_at, end_at, weight_type ("prompt is more important" = the old "ease out")
     assert apply["widgets_values"] == [0.8, "ease out", 0.1, 0.9, "V only", "", 1.0, "constant", "", False, "",
-                                       COMPAT]
+                                       COMPAT, 1.0]
     assert (apply["pos"], apply["size"], apply["title"]) == ([300, 30], [315, 120], "my adapter")
     assert input_source(new, 3, "model") == (2, 0, "MODEL")
     assert input_source(new, 3, "ipadapter") == (2, 1, "IPA_ADAPTER")
@@ -190,7 +190,7 @@ def test_converted_ui_workflow_gives_the_expected_api_graph():
         "model": ["2", 0], "ipadapter": ["2", 1], "clip_vision": ["2", 2], "image": ["4", 0], "weight": 0.8,
         "weight_type": "ease out", "start_at": 0.1, "end_at": 0.9, "embeds_scaling": "V only", "layer_weights": "",
         "weight_composition": 1.0, "weight_schedule": "constant", "schedule_values": "", "unfold_batch": False,
-        "frame_weights": "", "compatibility": COMPAT}
+        "frame_weights": "", "compatibility": COMPAT, "precise_boost": 1.0}
     assert api["2"]["inputs"] == {"model": ["1", 0], "preset": "plus", "ipadapter_file": "auto",
                                   "clip_vision_file": "auto"}
     assert api["5"]["inputs"]["model"] == ["3", 0]
@@ -229,7 +229,7 @@ def test_reroute_between_loader_and_apply():
     new, entries = mw.migrate(ui.workflow(), available=ALL)
     nodes = by_id(new)
     assert nodes[3]["widgets_values"][:5] == [1.2, "style transfer", 0.0, 0.5, "K+V w/ C penalty"]
-    assert nodes[3]["widgets_values"][-1] == COMPAT
+    assert nodes[3]["widgets_values"][-2:] == [COMPAT, 1.0]
     assert input_source(new, 3, "ipadapter") == (6, 0, "IPA_ADAPTER")
     assert input_source(new, 6, "") == (2, 1, "IPA_ADAPTER")
     assert nodes[6]["outputs"][0]["type"] == "IPA_ADAPTER"
@@ -382,7 +382,7 @@ def test_api_workflow():
     assert new["2"]["class_type"] == "IPA_UnifiedLoader" and new["2"]["inputs"]["preset"] == "vit-G"
     expected = dict(zip(["weight", "weight_type", "start_at", "end_at", "embeds_scaling", "layer_weights",
                          "weight_composition", "weight_schedule", "schedule_values", "unfold_batch", "frame_weights",
-                         "compatibility"], ADV_DEFAULTS))
+                         "compatibility", "precise_boost"], ADV_DEFAULTS))
     # composition_boost 0: the old 'composition precise' map is exactly the composition layers
     expected.update(weight_type="composition", compatibility=COMPAT, model=["2", 0], ipadapter=["2", 1],
                     image=["4", 0], clip_vision=["2", 2])
@@ -425,9 +425,10 @@ def test_unified_presets(old, new):
     ("IPAdapter", {"weight_type": "standard"}, "linear", "converted"),
     ("IPAdapter", {"weight_type": "style transfer"}, "style transfer", "converted"),
     ("IPAdapterPreciseStyleTransfer", {"style_boost": 1.0}, "style transfer precise", "converted"),
-    ("IPAdapterPreciseStyleTransfer", {"style_boost": 2.0}, "style transfer precise", "approximate"),
+    ("IPAdapterPreciseStyleTransfer", {"style_boost": 2.0}, "style transfer precise", "converted"),
     ("IPAdapterPreciseComposition", {"composition_boost": 1.0}, "composition precise", "converted"),
-    ("IPAdapterPreciseComposition", {"composition_boost": 0.5}, "composition precise", "approximate"),
+    ("IPAdapterPreciseComposition", {"composition_boost": 0.5}, "composition precise", "converted"),
+    ("IPAdapterPreciseStyleTransfer", {"style_boost": 2.0, "weight": 0.0}, "style transfer precise", "approximate"),
     ("IPAdapterMS", {"weight_type": "linear", "layer_weights": "3:0.8, 6:0.35"}, "linear", "converted"),
 ])
 def test_weight_type_mapping(node, extra, weight_type, status):
@@ -627,3 +628,18 @@ def test_neg_embed_from_another_encoder_is_approximate():
     same = copy.deepcopy(api)
     same["7"]["inputs"]["neg_embed"] = ["4", 1]
     assert entry(mw.migrate(same, available=ALL)[1], "7").status == "converted"
+
+
+@pytest.mark.parametrize("node,boost_name,weight,boost,factor", [
+    ("IPAdapterPreciseStyleTransfer", "style_boost", 0.8, 1.2, 1.5),
+    ("IPAdapterPreciseComposition", "composition_boost", 0.5, 0.25, 0.5),
+    ("IPAdapterPreciseStyleTransfer", "style_boost", 0.8, 0.8, 1.0),  # boost = weight: the default factor 1
+])
+def test_precise_boost_becomes_a_factor_on_weight(node, boost_name, weight, boost, factor):
+    """The old absolute boost B is this pack's precise_boost = B / weight (weighting.site_weights)."""
+    inputs = {"model": ["0", 0], "ipadapter": ["9", 0], "image": ["8", 0], "clip_vision": ["7", 0], "weight": weight,
+              "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only", boost_name: boost}
+    new, entries = mw.migrate({"1": {"class_type": node, "inputs": inputs}}, available=ALL)
+    got = new["1"]["inputs"].get("precise_boost")
+    assert got == pytest.approx(factor, rel=1e-12)
+    assert entries[0].status == "converted"

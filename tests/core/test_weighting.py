@@ -121,6 +121,34 @@ def test_layer_maps(kind, model):
     close(site_weights(kind, sites, weight=W, weight_composition=WC), expected(sites, table, MAPS[(kind, model)]))
 
 
+# The incumbent's precise tables with an explicit boost B (IPAdapterPlus.py:326-338: style_boost / composition_boost
+# = B_ABS), written out by hand; this pack takes the boost as a factor on the weight: precise_boost = B_ABS / W.
+B_ABS = 1.4
+BOOSTED = {
+    ("style transfer precise", "sdxl"): {3: B_ABS, 6: W},
+    ("style transfer precise", "sd15"): {**SD15_STYLE, 4: 0.25 * B_ABS, 5: B_ABS},
+    ("composition precise", "sdxl"): {0: 0.1 * B_ABS, 1: 0.1 * B_ABS, 2: 0.1 * B_ABS, 3: W, 4: 0.1 * B_ABS,
+                                      5: 0.1 * B_ABS, 6: B_ABS, 7: 0.1 * B_ABS, 8: 0.1 * B_ABS, 9: 0.1 * B_ABS,
+                                      10: 0.1 * B_ABS},
+    ("composition precise", "sd15"): {0: B_ABS, 1: B_ABS, 2: B_ABS, 3: B_ABS, 4: 0.25 * W, 5: W, 6: 0.1 * B_ABS,
+                                      7: 0.1 * B_ABS, 8: 0.1 * B_ABS, 9: B_ABS, 10: B_ABS, 11: B_ABS, 12: B_ABS,
+                                      13: B_ABS, 14: B_ABS, 15: B_ABS},
+}
+
+
+@pytest.mark.parametrize("kind,model", sorted(BOOSTED))
+def test_precise_boost_reproduces_the_incumbents_boosted_tables(kind, model):
+    sites, table = MODELS[model]
+    close(site_weights(kind, sites, weight=W, precise_boost=B_ABS / W), expected(sites, table, BOOSTED[(kind, model)]))
+
+
+def test_precise_boost_leaves_the_other_types_alone():
+    for kind in WEIGHT_TYPES:
+        if "precise" not in kind:
+            for sites in (SD15, SDXL):
+                assert site_weights(kind, sites, weight=W, precise_boost=3.0) == site_weights(kind, sites, weight=W)
+
+
 def test_sdxl_style_transfer_only_output_1():
     got = site_weights("style transfer", SDXL, weight=W)
     assert [s.key for s, w in zip(SDXL, got) if w != 0] == [("output", 1, i) for i in range(10)]

@@ -74,8 +74,10 @@ def _sampler_tail(model: list, *, clip: list, first_id: int = 20, save: str = "S
 
 def old_advanced_api(ckpt: str, adapter: str, clip_vision: str, *, clip_loader: str = "CLIPVisionLoader",
                      weight: float = 1.0, weight_type: str = "linear", noise_negative: bool = False,
-                     save: str = "SaveImage") -> dict:
-    """An old-pack workflow in API format: IPAdapter Model Loader + IPAdapter Advanced (+ IPAdapter Noise)."""
+                     save: str = "SaveImage", node: str = "IPAdapterAdvanced", extra: dict | None = None) -> dict:
+    """An old-pack workflow in API format: IPAdapter Model Loader + IPAdapter Advanced (+ IPAdapter Noise); ``node``
+    another apply node of the old pack with the same inputs but weight_type (e.g. IPAdapterPreciseStyleTransfer) plus
+    ``extra`` inputs (its style_boost)."""
     g = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": adapter}},
@@ -84,8 +86,11 @@ def old_advanced_api(ckpt: str, adapter: str, clip_vision: str, *, clip_loader: 
         "5": {"class_type": "IPAdapterAdvanced", "inputs": {
             "model": ["1", 0], "ipadapter": ["2", 0], "image": ["4", 0], "clip_vision": ["3", 0], "weight": weight,
             "weight_type": weight_type, "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
-            "embeds_scaling": "V only"}},
+            "embeds_scaling": "V only", **(extra or {})}},
     }
+    if node != "IPAdapterAdvanced":
+        g["5"]["class_type"] = node
+        del g["5"]["inputs"]["weight_type"]
     if noise_negative:
         g["6"] = {"class_type": "IPAdapterNoise", "inputs": {"type": "fade", "strength": 0.5, "blur": 0,
                                                              "image_optional": ["4", 0]}}
@@ -337,15 +342,23 @@ def _latent(server, graph: dict, prefix: str):
     return load_file(path)["latent_tensor"].to(torch.float64)
 
 
+PRECISE = ("IPAdapterPreciseStyleTransfer", {"weight": 0.8, "style_boost": 1.6})
+
+
 @pytest.mark.parametrize("adapter,weight_type", [
     ("ip-adapter_sd15_test.safetensors", "linear"),
     ("ip-adapter-plus_sd15_test.safetensors", "linear"),
     ("ip-adapter-plus_sd15_test.safetensors", "style transfer"),
+    ("ip-adapter-plus_sd15_test.safetensors", PRECISE),
 ])
 def test_old_pack_and_converted_workflow_give_the_same_latents(old_pack_server, adapter, weight_type):
-    tag = f"{adapter.split('_')[0]}_{weight_type.replace(' ', '_')}"
+    node, extra = weight_type if isinstance(weight_type, tuple) else ("IPAdapterAdvanced", {})
+    weight_type = weight_type if node == "IPAdapterAdvanced" else f"{node} {extra}"
+    tag = f"{adapter.split('_')[0]}_{node}_{weight_type.replace(' ', '_')}"[:80].replace("{", "").replace("}", "") \
+        .replace("'", "").replace(":", "").replace(",", "")
     old = old_advanced_api("ipa_standin_sd15.safetensors", adapter, "ipa_clip_vision_224.safetensors",
-                           clip_loader="IPATest_CLIPVisionLoaderJSON", weight_type=weight_type, save=f"old_{tag}")
+                           clip_loader="IPATest_CLIPVisionLoaderJSON", weight_type=weight_type, save=f"old_{tag}",
+                           node=node, extra=extra)
     new = _convert(old)
     new[max(new, key=int)]["inputs"]["filename_prefix"] = f"new_{tag}"
     plain = json.loads(json.dumps(old))
@@ -370,3 +383,11 @@ def test_old_pack_and_converted_workflow_give_the_same_latents(old_pack_server, 
     assert effect > 100 * tolerance, f"the adapter hardly changes the latents ({effect:.3g}): no test"
     assert delta <= tolerance, f"max |old - converted| = {delta:.3g} > {tolerance:.3g}"
     assert own_delta > 10 * tolerance, "the compatibility setting made no difference: the test cannot see it"
+    if extra.get("style_boost", extra.get("weight", 1.0)) != extra.get("weight", 1.0):
+        unboosted = json.loads(json.dumps(new))  # the boost dropped: the test must be able to see it
+        for node_ in wc.nodes_of(unboosted, "IPA_ApplyAdvanced"):
+            node_["inputs"]["precise_boost"] = 1.0
+        unboosted[max(unboosted, key=int)]["inputs"]["filename_prefix"] = f"unboosted_{tag}"
+        boost_delta = float((latent_old - _latent(old_pack_server, unboosted, "unboosted")).abs().max())
+        print(f"max |old - converted without its precise_boost| = {boost_delta:.3g}")
+        assert boost_delta > 10 * tolerance, "precise_boost made no difference: the test cannot see it"

@@ -84,6 +84,15 @@ def test_precise_type_marks_the_swapped_sites(web_api):
     assert not any(s["swapped"] for s in linear["sites"])
 
 
+def test_precise_boost_scales_the_layers_the_precise_type_works_against(web_api):
+    # SDXL style transfer precise: t 3 (input 8) at boost x weight, t 6 (output 1) at weight, nothing else
+    _, answer = _get(web_api, family="sdxl", weight_type="style transfer precise", weight=0.5, precise_boost=3)
+    weights = _weights(answer)
+    assert {k for k, w in weights.items() if w == pytest.approx(1.5)} == {f"input.8.{t}" for t in range(10)}
+    assert {k for k, w in weights.items() if w == pytest.approx(0.5)} == {f"output.1.{t}" for t in range(10)}
+    assert sum(1 for w in weights.values() if w != 0) == 20
+
+
 def test_layer_weights_replace_the_type_and_address_index_layer_and_key(web_api):
     status, answer = _get(web_api, family="sd15", weight_type="style transfer", weight=2,
                           layer_weights="3:1.0, N29:0.5\nmiddle.0.0:0.25")

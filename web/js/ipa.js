@@ -5,7 +5,7 @@
  *    16 tokens, needs CLIP ViT-H") shows that text on the node, below its widgets, after it runs.
  *
  * 2. Weight preview on IPA Apply (advanced): one bar per cross-attention site, grouped input | middle | output
- *    blocks, for the node's weight, weight_type, weight_composition and layer_weights (orange bars: sites where a
+ *    blocks, for the node's weight, weight_type, weight_composition, precise_boost and layer_weights (orange bars: sites where a
  *    "precise" type pushes away from the image), and, when weight_schedule is not "constant", the per-step factor
  *    over start_at..end_at as a small curve. The numbers come from the pack's route GET /ipa/site_weights, which
  *    runs the same core functions as the node: nothing is computed here. It is re-fetched (debounced) whenever one
@@ -21,7 +21,7 @@ import { api } from "../../../scripts/api.js";
 const PREFIX = "IPA_";
 const PREVIEW_NODES = new Set(["IPA_ApplyAdvanced"]);
 const PREVIEW_INPUTS = ["weight", "weight_type", "weight_composition", "layer_weights", "weight_schedule",
-  "schedule_values"];
+  "schedule_values", "precise_boost"];
 const ROUTE = "/ipa/site_weights";
 const DEBOUNCE_MS = 250;
 const FAMILIES = [["sd15", "SD1.5"], ["sdxl", "SDXL"]];
