@@ -128,3 +128,12 @@ class AtenLog:
     def syncs(self) -> list[str]:
         """Ops that read a tensor value on the host (.item() and friends)."""
         return [o for o in self.ops if "_local_scalar_dense" in o]
+
+
+# The incumbent's layer index t of each (block, block_id) SpatialTransformer on the SD1.5 / SDXL reference layouts
+# (incumbent-and-users.md §1.4), written out by hand for the weight-table tests.
+SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("input", 7): 4, ("input", 8): 5,
+          ("middle", 0): 6, ("output", 3): 7, ("output", 4): 8, ("output", 5): 9, ("output", 6): 10,
+          ("output", 7): 11, ("output", 8): 12, ("output", 9): 13, ("output", 10): 14, ("output", 11): 15}
+SDXL_T = {("input", 4): 0, ("input", 5): 1, ("input", 7): 2, ("input", 8): 3, ("middle", 0): 4, ("output", 0): 5,
+          ("output", 1): 6, ("output", 2): 7, ("output", 3): 8, ("output", 4): 9, ("output", 5): 10}

@@ -2,7 +2,8 @@
 
 Expectations are written by hand from the incumbent reference (incumbent-and-users.md §1.4 tables, §1.5 formulas),
 keyed by the incumbent's layer index t (SpatialTransformers in execution order input -> middle -> output), through
-the explicit t tables below, not through the code under test. Float comparisons: rel 1e-12 (pure Python floats).
+the explicit t tables of tests/ipa_testkit.py, not through the code under test. Float comparisons: rel 1e-12 (pure
+Python floats).
 """
 from __future__ import annotations
 
@@ -14,16 +15,11 @@ from ip_adapter_core.errors import InputError
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
 from ip_adapter_core.weighting import (WEIGHT_TYPES, num_transformers, parse_layer_weights, site_weights,
                                        swapped_sites, transformer_indices)
+from ipa_testkit import SD15_T, SDXL_T
 
 SD15 = expand_layout(SD15_LAYOUT)
 SDXL = expand_layout(SDXL_LAYOUT)
 
-# The incumbent's t numbering (reference §1.4), written out by hand.
-SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("input", 7): 4, ("input", 8): 5,
-          ("middle", 0): 6, ("output", 3): 7, ("output", 4): 8, ("output", 5): 9, ("output", 6): 10,
-          ("output", 7): 11, ("output", 8): 12, ("output", 9): 13, ("output", 10): 14, ("output", 11): 15}
-SDXL_T = {("input", 4): 0, ("input", 5): 1, ("input", 7): 2, ("input", 8): 3, ("middle", 0): 4, ("output", 0): 5,
-          ("output", 1): 6, ("output", 2): 7, ("output", 3): 8, ("output", 4): 9, ("output", 5): 10}
 W, WC = 0.8, 0.3
 
 
