@@ -9,6 +9,15 @@ from ..ip_adapter_core.prep import CROPS, INTERPOLATIONS, prep_image
 from .common import CATEGORY, reports
 from .patch.host import clip_vision_dims
 
+# Also the inputs of IPA Apply (tiled), which resizes its tiles with the same prep_image.
+INTERPOLATION = (list(INTERPOLATIONS), {
+    "default": "bicubic",
+    "tooltip": "Resize filter. bicubic = what CLIP vision preprocessing uses; lanczos = sharper; bilinear = softer; "
+               "area = box average; nearest = no filtering."})
+SHARPENING = ("FLOAT", {
+    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+    "tooltip": "Unsharp mask after resizing: 0 = off, 1 = strongest. Helps details that downscaling blurs away."})
+
 
 class IPAPrepImage:
     DISPLAY_NAME = "IPA Prep Image"
@@ -33,14 +42,8 @@ class IPAPrepImage:
                                    "center (what CLIP does by itself), top, bottom, left or right. 'pad' keeps the "
                                    "whole image by adding neutral grey bars (CLIP's mean colour, which the encoder "
                                    "reads as 'nothing') to make it square."}),
-                    "interpolation": (list(INTERPOLATIONS), {
-                        "default": "bicubic",
-                        "tooltip": "Resize filter. bicubic = what CLIP vision preprocessing uses; lanczos = sharper; "
-                                   "bilinear = softer; area = box average; nearest = no filtering."}),
-                    "sharpening": ("FLOAT", {
-                        "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                        "tooltip": "Unsharp mask after resizing: 0 = off, 1 = strongest. Helps details that "
-                                   "downscaling blurs away."})},
+                    "interpolation": INTERPOLATION,
+                    "sharpening": SHARPENING},
                 "optional": {
                     "clip_vision": ("CLIP_VISION", {
                         "tooltip": "Optional: the CLIP vision encoder you will encode with; the output size is then "

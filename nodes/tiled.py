@@ -9,13 +9,14 @@ import torch
 from ..ip_adapter_core.compat import check_range, prepare_images
 from ..ip_adapter_core.errors import InputError
 from ..ip_adapter_core.masks import prepare_mask
-from ..ip_adapter_core.prep import INTERPOLATIONS, prep_image
+from ..ip_adapter_core.prep import prep_image
 from ..ip_adapter_core.tiles import (MAX_OVERLAP, MAX_SHORT_SIDE_TILES, cut_tiles, mask_canvas, tile_grid,
                                      tile_masks)
 from .apply import apply_adapter
 from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, END_AT, MODEL_IN, START_AT, WEIGHT,
                      reports)
 from .encode import encode
+from .prep import INTERPOLATION, SHARPENING
 from .patch.host import LoadedAdapter, clip_vision_dims
 
 
@@ -53,13 +54,8 @@ class IPAApplyTiled:
                     "tooltip": "Tiles across the short side. 0 = auto: 2 for a near-square reference (2x2 tiles) "
                                "that is large enough for tiles of the encoder's size, else 1 (one row or column "
                                "of tiles). More tiles = more detail, and one more attention per layer each."}),
-                "interpolation": (list(INTERPOLATIONS), {
-                    "default": "bicubic",
-                    "tooltip": "Filter that resizes each tile to the encoder's size (once, from the reference's own "
-                               "pixels): bicubic = CLIP's own, lanczos = sharper, bilinear = softer."}),
-                "sharpening": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Unsharp mask on each resized tile: 0 = off, 1 = strongest."}),
+                "interpolation": INTERPOLATION,
+                "sharpening": SHARPENING,
             },
         }
 
