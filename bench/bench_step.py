@@ -249,7 +249,7 @@ def bench_model(args, pack, title: str, mp: Any, adapters: dict, tokens: dict, v
                            + (f"; syncs added [{fmt_counter(syncs)}]" if syncs else ""))
     for line in details:
         say(line)
-    say(f"   cold-step rows include the one-off K'/V' projection of every site (cached for later steps and runs)")
+    say("   cold-step rows include the one-off K'/V' projection of every site (cached for later steps and runs)")
 
     for label, name, *_ in variants[:2]:
         weights = module_bytes(adapters[name].model)

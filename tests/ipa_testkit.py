@@ -137,3 +137,16 @@ SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("
           ("output", 7): 11, ("output", 8): 12, ("output", 9): 13, ("output", 10): 14, ("output", 11): 15}
 SDXL_T = {("input", 4): 0, ("input", 5): 1, ("input", 7): 2, ("input", 8): 3, ("middle", 0): 4, ("output", 0): 5,
           ("output", 1): 6, ("output", 2): 7, ("output", 3): 8, ("output", 4): 9, ("output", 5): 10}
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (its measurement tools import no ComfyUI module), loaded once under
+    ``ipa_bench_<name>`` so host tests count the way the benchmark counts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"ipa_bench_{name}", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", f"{name}.py"))
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]

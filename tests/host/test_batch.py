@@ -10,9 +10,7 @@ attention patch's extra_options; these tests put it in model_options["transforme
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
@@ -21,11 +19,10 @@ import torch
 ATOL, RTOL = 1e-5, 1e-5
 SIZE = 8
 
+from ipa_testkit import load_bench  # noqa: E402
+
+bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("ipa_bench_step", os.path.join(REPO, "bench", "bench_step.py"))
-bench = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(bench, "probe_sampling"):
-    _spec.loader.exec_module(bench)  # measurement tools only; imports no ComfyUI module
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,14 @@ Bounds:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("ipa_bench_step", os.path.join(REPO, "bench", "bench_step.py"))
-bench = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(bench)  # measurement tools only; imports no ComfyUI module
+from ipa_testkit import load_bench  # noqa: E402
+
+bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
 
 OPS_PER_SITE = 12
 SD15_STEP_TARGET = 200

@@ -10,17 +10,12 @@ once-halved 4x4 grid; 64x64 masks are stretched to the latent, so an 8x8 cell co
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("ipa_bench_measure", os.path.join(REPO, "bench", "measure.py"))
-measure = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(measure)  # storage walker only; imports no ComfyUI module
+from ipa_testkit import load_bench  # noqa: E402
+
+measure = load_bench("measure")  # storage walker only; imports no ComfyUI module
 
 
 def feathered_left(width_on=24, feather=16, size=64):

@@ -7,17 +7,12 @@ counts use the benchmark's tools (bench/measure.py, as tests/host/test_cost.py),
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("ipa_bench_measure", os.path.join(REPO, "bench", "measure.py"))
-measure = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(measure)  # measurement tools only; imports no ComfyUI module
+from ipa_testkit import load_bench  # noqa: E402
+
+measure = load_bench("measure")  # measurement tools only; imports no ComfyUI module
 
 SITES = 7
 # Per step and adapter, with a schedule: the step index (argmin over the sigma list), the progress and the factor,
