@@ -2,7 +2,8 @@
 IPA Apply (advanced): unfold_batch, frame_weights, compatibility, AnimateDiff context windows (ad_params).
 
 Expectations are independent runs: an unfolded latent i must equal a batch-1 run with image i alone and the same
-noise row (atol 1e-5: the UNet runs a batch of 2 vs 1); a frame with factor 0 must be bit-identical to the model
+noise row, within 0.3% of the image term's own size there (the UNet runs a batch of 2 vs 1, and CPU kernels sum in
+another order per batch size, so a fixed atol holds on one machine only); a frame with factor 0 must be bit-identical to the model
 without the adapter; a context window must equal batch-1 runs of the window's frames. AnimateDiff-Evolved passes its
 ``ad_params`` dict (sub_idxs, full_length, context_length) in transformer_options, which ComfyUI copies into every
 attention patch's extra_options; these tests put it in model_options["transformer_options"] the same way.
@@ -15,9 +16,11 @@ import os
 import pytest
 import torch
 
-# Latents reach ~230 here; a batch of 3 vs 1 changes the UNet's float summation order by ~1e-6 relative.
-ATOL, RTOL = 1e-5, 1e-5
 SIZE = 8
+# A latent from a bigger batch may differ from its batch-1 run by this fraction of the image term's size there
+# (max |patched - unpatched| of the batch-1 run). Seen on two x86 CPUs: 1e-4..6e-4 of terms of 0.15..0.8 (the
+# latents reach ~230, so float rounding alone is ~1e-5 absolute); the wrong image of the pair gives 1.7e-2.
+EFFECT_FRACTION = 3e-3
 
 from ipa_testkit import load_bench  # noqa: E402
 
@@ -73,6 +76,22 @@ def run(sample, noise):
     return go
 
 
+@pytest.fixture(scope="module")
+def same_as(run, sd15):
+    """same_as(got, want, rows): ``got`` (rows of a bigger batch) equals ``want`` (batch-1 runs of those noise rows)
+    within EFFECT_FRACTION of the image term's size in ``want``; the term must be there (> 1e-3) for this to mean
+    anything."""
+
+    def check(got, want, rows):
+        effect = (want - run(sd15, rows=rows)).abs().max().item()
+        assert effect > 1e-3, f"the image term is too small ({effect:.2e}) to compare against"
+        err = (got - want).abs().max().item()
+        assert err <= EFFECT_FRACTION * effect, (
+            f"max |got - want| = {err:.3e} exceeds {EFFECT_FRACTION:g} x the image term's size {effect:.3e}")
+
+    return check
+
+
 def with_window(model, sub_idxs, full_length):
     """A clone whose transformer_options carry AnimateDiff-Evolved's ad_params for one context window."""
     m = model.clone()
@@ -83,25 +102,29 @@ def with_window(model, sub_idxs, full_length):
 
 # ------------------------------------------------------------------------------------------- unfold
 
-def test_unfold_pairs_image_i_with_latent_i(sd15, advanced, embeds4, run):
+def test_unfold_pairs_image_i_with_latent_i(sd15, advanced, embeds4, run, same_as):
     two = only(embeds4, 0, 1)
     out = run(advanced(sd15, two, unfold_batch=True, weight=2.0), batch=2)
     alone0 = run(advanced(sd15, only(embeds4, 0), weight=2.0), rows=[0])
     alone1 = run(advanced(sd15, only(embeds4, 1), weight=2.0), rows=[1])
-    torch.testing.assert_close(out[0:1], alone0, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(out[1:2], alone1, atol=ATOL, rtol=RTOL)
+    same_as(out[0:1], alone0, [0])
+    same_as(out[1:2], alone1, [1])
+    # the check tells the images apart: latent 0 is not what image 1 alone gives on that noise row
+    with pytest.raises(AssertionError, match="exceeds"):
+        same_as(out[0:1], run(advanced(sd15, only(embeds4, 1), weight=2.0), rows=[0]), [0])
     # unfold off: both images on both latents, which is neither single-image run
     both = run(advanced(sd15, two, weight=2.0), batch=2)
     assert (both[0:1] - alone0).abs().max() > 1e-3 and (both[1:2] - alone1).abs().max() > 1e-3
 
 
-def test_unfold_repeats_the_last_image_and_ignores_extra_images(sd15, advanced, embeds4, run):
+def test_unfold_repeats_the_last_image_and_ignores_extra_images(sd15, advanced, embeds4, run, same_as):
     """2 images on 3 latents: latent 2 uses image 1. 4 images on 2 latents: images 2, 3 are not used."""
     out = run(advanced(sd15, only(embeds4, 0, 1), unfold_batch=True), batch=3)
-    torch.testing.assert_close(out[2:3], run(advanced(sd15, only(embeds4, 1)), rows=[2]), atol=ATOL, rtol=RTOL)
+    same_as(out[2:3], run(advanced(sd15, only(embeds4, 1)), rows=[2]), [2])
     four = run(advanced(sd15, embeds4, unfold_batch=True), batch=2)
+    # same batch layout on both sides: equal up to float noise on the latents (~230 here)
     torch.testing.assert_close(four, run(advanced(sd15, only(embeds4, 0, 1), unfold_batch=True), batch=2),
-                               atol=ATOL, rtol=RTOL)
+                               atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- frame weights
@@ -115,12 +138,12 @@ def test_frame_weight_zero_leaves_that_frame_unpatched(sd15, advanced, embeds4, 
     assert (out[0] - plain[0]).abs().max() > 1e-3
 
 
-def test_frame_weights_scale_the_weight_per_frame(sd15, advanced, embeds4, run):
+def test_frame_weights_scale_the_weight_per_frame(sd15, advanced, embeds4, run, same_as):
     """Frame i with factor f_i equals a batch-1 run with weight * f_i; the last factor repeats for later frames."""
     e = only(embeds4, 0)
     out = run(advanced(sd15, e, weight=0.8, frame_weights="1\n0.5"), batch=3)
     for i, w in enumerate((0.8, 0.4, 0.4)):
-        torch.testing.assert_close(out[i:i + 1], run(advanced(sd15, e, weight=w), rows=[i]), atol=ATOL, rtol=RTOL)
+        same_as(out[i:i + 1], run(advanced(sd15, e, weight=w), rows=[i]), [i])
 
 
 def test_frame_weights_all_zero_install_nothing(sd15, advanced, embeds4, attn2_patches):
@@ -139,11 +162,11 @@ def test_bad_frame_weights_stop_the_node_before_encoding(sd15, run_node, base_ad
 
 # ------------------------------------------------------------------------------------------- AnimateDiff windows
 
-def test_context_window_picks_the_frames_sub_idxs(sd15, advanced, embeds4, run):
+def test_context_window_picks_the_frames_sub_idxs(sd15, advanced, embeds4, run, same_as):
     """A 4-frame video, window = frames 1 and 3: latent j of the window uses image sub_idxs[j]."""
     out = run(with_window(advanced(sd15, embeds4, unfold_batch=True), [1, 3], 4), batch=2)
-    torch.testing.assert_close(out[0:1], run(advanced(sd15, only(embeds4, 1)), rows=[0]), atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(out[1:2], run(advanced(sd15, only(embeds4, 3)), rows=[1]), atol=ATOL, rtol=RTOL)
+    same_as(out[0:1], run(advanced(sd15, only(embeds4, 1)), rows=[0]), [0])
+    same_as(out[1:2], run(advanced(sd15, only(embeds4, 3)), rows=[1]), [1])
 
 
 def test_context_window_picks_frame_weights(sd15, advanced, embeds4, run):
