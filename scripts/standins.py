@@ -13,7 +13,9 @@ The pictures they produce are noise-like and mean nothing.
     models/ipadapter/ipa_standin_sd15.safetensors         base adapter (reads the 48-wide image embeds)
     models/ipadapter/ipa_standin_plus_sd15.safetensors    plus adapter (resampler over the 64-wide hidden states)
 
-Files that exist and are listed in the manifest with the current VERSION are kept; the rest are (re)generated.
+Files that exist and are listed in the manifest with the current VERSION and the hash of the code that wrote them
+(this script and tests/ipa_testkit.py), with their size and (checkpoint) all three parts, are kept; the rest are
+(re)generated.
 Usage: python scripts/standins.py [--models-dir DIR] [--comfyui PATH] [--force]
 """
 from __future__ import annotations
@@ -102,7 +104,9 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
             makers[name](base)
             for rel in (FILES[f] for f in PRODUCES[name]):
                 size = os.path.getsize(os.path.join(base, rel))
-                manifest["files"][rel] = {"version": VERSION, "size": size}
+                if not _valid(os.path.join(base, rel), rel):
+                    raise SystemExit(f"standins: {rel} was written without one of {CHECKPOINT_PREFIXES}")
+                manifest["files"][rel] = {"version": VERSION, "source": _source_stamp(), "size": size}
                 log(f"  generated {rel} ({size / 1e6:.1f} MB, {time.time() - t0:.1f} s)")
             manifest["version"] = VERSION
             _atomic_write(os.path.join(base, MANIFEST), json.dumps(manifest, indent=1).encode())
@@ -122,11 +126,36 @@ def _read_manifest(base: str) -> dict:
     return {"version": VERSION, "files": {}}
 
 
+def _source_stamp() -> str:
+    """A hash of the code that generates the files (this script and the test kit's adapter layout): a file written
+    by other code is stale even when VERSION was not bumped."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in (os.path.abspath(__file__), os.path.join(REPO, "tests", "ipa_testkit.py")):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def _fresh(base: str, manifest: dict, rel: str) -> bool:
     entry = manifest["files"].get(rel)
     full = os.path.join(base, rel)
-    return (entry is not None and entry.get("version") == VERSION and os.path.isfile(full)
-            and os.path.getsize(full) == entry.get("size"))
+    return (entry is not None and entry.get("version") == VERSION and entry.get("source") == _source_stamp()
+            and os.path.isfile(full) and os.path.getsize(full) == entry.get("size") and _valid(full, rel))
+
+
+def _valid(full: str, rel: str) -> bool:
+    """The checkpoint holds all three parts (UNet, CLIP, VAE): reads only the safetensors header."""
+    if rel != FILES["checkpoint"]:
+        return True
+    try:
+        with open(full, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            keys = json.loads(f.read(n)).keys()
+    except (OSError, ValueError):
+        return False
+    return all(any(k.startswith(p) for k in keys) for p in CHECKPOINT_PREFIXES)
 
 
 @contextlib.contextmanager
@@ -248,9 +277,30 @@ def _make_checkpoint(base: str) -> None:
         last.bias.fill_(0.5 - gain * float(out.mean()))
         del patcher
 
-    sd = model.state_dict_for_saving(clip.state_dict(), taesd.state_dict(), None)
+    sd = checkpoint_keys(model.diffusion_model.state_dict(), clip.state_dict(), taesd.state_dict())
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
     _save_tensors(os.path.join(base, FILES["checkpoint"]), sd)
+
+
+# The original LDM single-file layout every SD1.5 checkpoint has, which CheckpointLoaderSimple reads on every
+# ComfyUI: written directly, so no ComfyUI-internal saving method (their signatures change between releases) is used.
+CHECKPOINT_PREFIXES = ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")
+CLIP_L_DROPPED = ("transformer.text_projection.weight", "logit_scale")  # not in SD1.5 checkpoints
+
+
+def checkpoint_keys(unet: dict, clip: dict, vae: dict) -> dict:
+    """An SD1.5 checkpoint's state dict from the UNet's, ComfyUI's SD1 CLIP model's ("clip_l." keys) and the VAE's
+    state dicts."""
+    unet_prefix, clip_prefix, vae_prefix = CHECKPOINT_PREFIXES
+    sd = {unet_prefix + k: v for k, v in unet.items()}
+    for k, v in clip.items():
+        name = k[len("clip_l."):] if k.startswith("clip_l.") else None
+        if name is None:
+            raise ValueError(f"standins: CLIP key {k!r} is not a clip_l. key")
+        if name not in CLIP_L_DROPPED:
+            sd[clip_prefix + name] = v
+    sd.update({vae_prefix + k: v for k, v in vae.items()})
+    return sd
 
 
 def _make_clip_vision(base: str) -> None:
