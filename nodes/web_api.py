@@ -102,6 +102,11 @@ def register() -> bool:
     instance = getattr(PromptServer, "instance", None)
     if instance is None:
         return False
+    if any(getattr(r, "path", None) == ROUTE and getattr(r, "method", None) == "GET" for r in instance.routes):
+        # another import of the pack registered it: aiohttp refuses a second GET (and its HEAD) for one path at
+        # start-up, which would stop the whole server
+        log.warning("IPA: %s is already registered (the pack was imported twice); keeping the first", ROUTE)
+        return False
     instance.routes.get(ROUTE)(handle_site_weights)
     log.debug("registered %s", ROUTE)
     return True

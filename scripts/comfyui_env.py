@@ -25,3 +25,27 @@ def find_comfyui() -> tuple[str | None, str]:
         return home, "~/ComfyUI"
     return None, ("no ComfyUI found: COMFYUI_PATH is unset, this pack is not inside a ComfyUI custom_nodes/ folder, "
                   "and ~/ComfyUI does not exist")
+
+
+def is_pack_copy(path: str) -> bool:
+    """Whether ``path`` is a folder holding this pack (any folder name): its pyproject names the project
+    comfyui-ipa and it has the core package."""
+    try:
+        with open(os.path.join(path, "pyproject.toml"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return 'name = "comfyui-ipa"' in text and os.path.isdir(os.path.join(path, "ip_adapter_core"))
+
+
+def installed_copies(comfyui: str) -> list[str]:
+    """The entries of ``<comfyui>/custom_nodes`` that hold this pack (folders or links to them); ComfyUI's loader
+    skips names ending in .disabled and takes the rest in os.listdir order."""
+    root = os.path.join(comfyui, "custom_nodes")
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in names
+            if not n.endswith(".disabled") and os.path.isdir(os.path.join(root, n))
+            and is_pack_copy(os.path.join(root, n))]

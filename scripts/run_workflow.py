@@ -40,7 +40,7 @@ import requests
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(SCRIPTS)
 sys.path.insert(0, SCRIPTS)
-from comfyui_env import find_comfyui  # noqa: E402
+from comfyui_env import find_comfyui, installed_copies  # noqa: E402
 import standins  # noqa: E402
 import workflow_convert as wc  # noqa: E402
 
@@ -93,7 +93,8 @@ class ComfyServer:
 
     def __init__(self, comfyui: str | None = None, *, models_dir: str | None = None, helper_nodes: bool = False,
                  cpu: bool = True, port: int | None = None, workdir: str | None = None,
-                 startup_timeout: float = 300.0, extra_args: tuple[str, ...] = (), quiet: bool = False):
+                 startup_timeout: float = 300.0, extra_args: tuple[str, ...] = (), quiet: bool = False,
+                 require_checkout: bool = True):
         if comfyui is None:
             comfyui, why = find_comfyui()
             if comfyui is None:
@@ -115,6 +116,11 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.session = requests.Session()
         self.keep_workdir = False
+        # The pack as ComfyUI's own custom_nodes/ holds it: that copy is loaded, and no second link is added (a
+        # second import would be skipped anyway). require_checkout: fail unless the server runs this checkout.
+        self.installed = installed_copies(self.comfyui)
+        self.require_checkout = require_checkout
+        self.pack_dir = ""  # the folder the server's IPA nodes come from, once started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,7 +144,8 @@ class ComfyServer:
         nodes_dir = os.path.join(self.workdir, "custom_nodes")
         for d in (self.input_dir, self.output_dir, nodes_dir, os.path.join(self.workdir, "user")):
             os.makedirs(d, exist_ok=True)
-        links = {PACK_LINK: REPO}
+        here = os.path.realpath(REPO)
+        links = {} if any(os.path.realpath(p) == here for p in self.installed) else {PACK_LINK: REPO}
         if self.helper_nodes:
             links[HELPER_LINK] = HELPER_NODES
         for name, target in links.items():
@@ -187,10 +194,25 @@ class ComfyServer:
                                   f"--- server log tail ---\n{self.log_tail()}")
             time.sleep(0.5)
         self.startup_seconds = time.time() - t0
-        if CHECK_NODE not in self.object_info(CHECK_NODE):
+        info = self.object_info(CHECK_NODE)
+        if CHECK_NODE not in info:
             raise ServerError(f"the pack did not load: /object_info/{CHECK_NODE} is empty, so its import failed.\n"
                               f"--- server log tail ---\n{self.log_tail()}")
+        self.pack_dir = self._pack_folder(info[CHECK_NODE].get("python_module", ""))
+        if self.require_checkout and os.path.realpath(self.pack_dir) != os.path.realpath(REPO):
+            raise ServerError(f"the server runs the copy of this pack at {self.pack_dir}, not this checkout ({REPO}): "
+                              f"ComfyUI loads its own custom_nodes/ first. Remove or update that copy, or point "
+                              f"COMFYUI_PATH at a ComfyUI without it.")
         self._say(f"ComfyUI ready in {self.startup_seconds:.1f} s (pid {self.proc.pid})")
+
+    def _pack_folder(self, python_module: str) -> str:
+        """The folder behind object_info's python_module "custom_nodes.<folder>" (ComfyUI's own custom_nodes or the
+        harness's)."""
+        name = python_module.partition(".")[2]
+        for root in (os.path.join(self.comfyui, "custom_nodes"), os.path.join(self.workdir, "custom_nodes")):
+            if name and os.path.isdir(os.path.join(root, name)):
+                return os.path.join(root, name)
+        return name
 
     def stop(self) -> None:
         """Stop the server by its PID (SIGTERM, then SIGKILL after 15 s); remove the scratch folder."""
@@ -407,9 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cpu" if use_standins else "auto")
 
     server = ComfyServer(comfyui, models_dir=args.models_dir if use_standins else None, helper_nodes=bool(use_standins),
-                         cpu=device == "cpu")
+                         cpu=device == "cpu", require_checkout=False)
     server.keep_workdir = args.keep_workdir
     with server:
+        print(f"the IPA nodes come from {server.pack_dir}"
+              + ("" if os.path.realpath(server.pack_dir) == os.path.realpath(REPO) else
+                 f" (the copy installed in ComfyUI, not {REPO})"))
         if args.image and os.path.isfile(args.image):
             server.copy_input(args.image)
         graph = server.convert(workflow)
