@@ -49,3 +49,20 @@ def installed_copies(comfyui: str) -> list[str]:
     return [os.path.join(root, n) for n in names
             if not n.endswith(".disabled") and os.path.isdir(os.path.join(root, n))
             and is_pack_copy(os.path.join(root, n))]
+
+
+def comfyui_version(path: str) -> str:
+    """The version a ComfyUI tree states in comfyui_version.py (read as text, nothing imported)."""
+    import re
+
+    try:
+        with open(os.path.join(path, "comfyui_version.py"), encoding="utf-8") as f:
+            found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read())
+    except OSError:
+        found = None
+    return found.group(1) if found else "unknown version"
+
+
+def host_skip_reason(why: str) -> str:
+    """The one line the tests print (header, each skip, summary) when no ComfyUI is found."""
+    return f"ComfyUI host tests SKIPPED: {why}. Set COMFYUI_PATH to a ComfyUI checkout."

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the demo (and, with --test, the tests) need into the current python3, but only what is missing:
-#   torch==2.14.1 torchvision==0.29.1     only if torch cannot be imported
+#   torch==2.14.1 torchvision==0.29.1     only if torch cannot be imported: the CPU build where no GPU is seen
 #   ComfyUI's requirements.txt            minus torch/torchvision/torchaudio (if a ComfyUI is found)
+#   torchaudio                            only if that ComfyUI lists it and it is missing: the newest release,
+#                                         --no-deps (its torch pin would replace torch), kept only if it imports
 #   requests                              the demo's HTTP client
 #   --test: pytest, diffusers             the test suite (diffusers is the reference implementation)
 #   --test: chromium (apt, as root), playwright   the browser tests; optional, failure only skips those tests
@@ -24,9 +26,34 @@ pip_install() {
   "$PY" -m pip install --quiet "$@"
 }
 
+# torch: kept when importable. Otherwise the CPU build where no GPU is seen (PyTorch's CPU wheel index; the
+# default PyPI wheels are CUDA builds of several GB), the default build where one is; IPA_TORCH_BUILD=cpu|cuda
+# overrides the choice. Where the CPU index cannot be reached, the default build is installed (it runs on the CPU
+# too) and the script says so.
+TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+CPU_INDEX="${IPA_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+have_gpu() {
+  { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } || [ -e /proc/driver/nvidia/version ] \
+    || [ -e /dev/kfd ]
+}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  pip_install torch==2.14.1 torchvision==0.29.1
+  BUILD="${IPA_TORCH_BUILD:-}"
+  if [ -z "$BUILD" ]; then
+    if have_gpu; then BUILD=cuda; else BUILD=cpu; fi
+  fi
+  if [ "$BUILD" = cpu ]; then
+    echo "setup_env: no GPU seen: installing the CPU build of torch from $CPU_INDEX"
+    if ! PIP_DEFAULT_TIMEOUT=20 "$PY" -m pip install --quiet --retries 1 --index-url "$CPU_INDEX" "${TORCH_PINS[@]}"; then
+      echo "setup_env: the CPU wheel index could not be reached; installing PyPI's default torch build instead" \
+           "(a CUDA build of several GB that also runs on the CPU)"
+      pip_install "${TORCH_PINS[@]}"
+    fi
+  else
+    echo "setup_env: GPU seen (or IPA_TORCH_BUILD=cuda): installing PyPI's default (CUDA) torch build"
+    pip_install "${TORCH_PINS[@]}"
+  fi
 fi
+"$PY" -c "import torch; c = torch.version.cuda; print(f'setup_env: torch {torch.__version__}, ' + (f'CUDA {c} build' if c else 'CPU build') + (', GPU available' if torch.cuda.is_available() else ', running on the CPU'))"
 
 COMFY="$("$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from comfyui_env import find_comfyui; print(find_comfyui()[0] or '')" "$REPO/scripts")"
 REQS=()
@@ -64,6 +91,19 @@ if [ -n "$MISSING" ]; then
   pip_install "${TODO[@]}"
 else
   echo "setup_env: all requirements present for $PY"
+fi
+
+# torchaudio: ComfyUI's audio nodes need it (0.33 imports it at start-up; 0.3.64 logs "torchaudio missing" and an
+# IMPORT FAILED line for its audio nodes without it); SD1.5 / SDXL and this pack never use it. Each torchaudio release
+# pins one torch, so it is installed without dependencies and kept only when it imports beside the torch we have.
+if [ -n "$COMFY" ] && grep -qiE '^\s*torchaudio\b' "$COMFY/requirements.txt" 2>/dev/null \
+   && ! "$PY" -c "import torchaudio" >/dev/null 2>&1; then
+  echo "setup_env: pip install --no-deps torchaudio (ComfyUI's audio nodes; not used by this pack)"
+  if ! { "$PY" -m pip install --quiet --no-deps torchaudio && "$PY" -c "import torchaudio" >/dev/null 2>&1; }; then
+    "$PY" -m pip uninstall --quiet -y torchaudio >/dev/null 2>&1 || true
+    echo "setup_env: no torchaudio imports beside this torch; ComfyUI's audio nodes will be missing (its log says" \
+         "'torchaudio missing'), which SD1.5 / SDXL and this pack do not need"
+  fi
 fi
 
 # --test: the browser tests (tests/host/test_browser.py) drive the system Chromium with Playwright (no browser

@@ -6,6 +6,10 @@
 # tests/core needs no ComfyUI; tests/host runs against a real ComfyUI (COMFYUI_PATH, the enclosing ComfyUI, or
 # ~/ComfyUI) and is skipped, with the reason printed, when there is none. The last lines say how many host tests
 # ran or why they were skipped. Exit status: pytest's; "no tests collected" (5) is reported and fails.
+#
+# More ComfyUI trees: COMFYUI_PATHS="/path/a:/path/b" runs the host tests (or the given pytest arguments) again on
+# each, with that tree's own .venv/bin/python where it has one (ComfyUI releases differ in their requirements),
+# after installing what that tree needs into it. The last lines list every tree, its version and its counts.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -13,16 +17,17 @@ cd "$REPO"
 
 bash scripts/setup_env.sh --test || { echo "test.sh: installing the test dependencies failed" >&2; exit 1; }
 
-REPORT="$(mktemp -t ipa_pytest_XXXXXX.xml)"
-trap 'rm -f "$REPORT"' EXIT
-"$PY" -m pytest --junitxml="$REPORT" "$@"
-rc=$?
+TMP="$(mktemp -d -t ipa_pytest_XXXXXX)"
+trap 'rm -rf "$TMP"' EXIT
+SUMMARIES=()
 
-"$PY" - "$REPORT" "$rc" <<'PYEOF'
+# summarise REPORT RC LABEL: host-test counts of one pytest run (and its skip reasons)
+summarise() {
+"$PY" - "$1" "$2" "$3" <<'PYEOF'
 import sys
 import xml.etree.ElementTree as ET
 
-report, rc = sys.argv[1], int(sys.argv[2])
+report, rc, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 try:
     cases = list(ET.parse(report).iter("testcase"))
 except (OSError, ET.ParseError):
@@ -42,7 +47,7 @@ for c in host:
         reasons[msg] = reasons.get(msg, 0) + 1
 ran = len(host) - counts.get("skipped", 0)
 print("=" * 100)
-print(f"host tests (real ComfyUI): {len(host)} collected, {ran} ran "
+print(f"host tests ({label}): {len(host)} collected, {ran} ran "
       f"({counts.get('passed', 0)} passed, {counts.get('failure', 0)} failed, {counts.get('error', 0)} errors, "
       f"{counts.get('xfailed', 0)} xfailed as known bugs), "
       f"{counts.get('skipped', 0)} skipped")
@@ -52,4 +57,47 @@ if rc == 5:
     print("ERROR: pytest collected NO tests (exit 5) - nothing was checked; this is a failure, not a pass.")
 print("=" * 100)
 PYEOF
+}
+
+label() {  # label TREE: "ComfyUI <version> at <path>" or the reason none is used
+  "$PY" -c "import sys; sys.path.insert(0, 'scripts'); from comfyui_env import comfyui_version, find_comfyui
+p, how = (sys.argv[1], 'COMFYUI_PATHS') if sys.argv[1] else find_comfyui()
+print(f'ComfyUI {comfyui_version(p)} at {p}' if p else f'no ComfyUI: {how}')" "${1:-}"
+}
+
+"$PY" -m pytest --junitxml="$TMP/main.xml" "$@"
+rc=$?
+MAIN_LABEL="$(label "")"
+summarise "$TMP/main.xml" "$rc" "$MAIN_LABEL"
+SUMMARIES+=("$MAIN_LABEL: pytest exit $rc")
+
+PRIMARY="$("$PY" -c "import sys, os; sys.path.insert(0, 'scripts'); from comfyui_env import find_comfyui; p = find_comfyui()[0]; print(os.path.realpath(p) if p else '')")"
+IFS=':' read -r -a TREES <<<"${COMFYUI_PATHS:-}"
+i=0
+for tree in "${TREES[@]}"; do
+  [ -n "$tree" ] || continue
+  tree="$(cd "$tree" 2>/dev/null && pwd -P || echo "$tree")"
+  if [ "$tree" = "$PRIMARY" ]; then continue; fi
+  i=$((i + 1))
+  if [ ! -f "$tree/main.py" ] || [ ! -d "$tree/comfy" ]; then
+    echo "test.sh: COMFYUI_PATHS entry $tree is not a ComfyUI folder" >&2
+    SUMMARIES+=("$tree: not a ComfyUI folder"); rc=1; continue
+  fi
+  TPY="$PY"; [ -x "$tree/.venv/bin/python" ] && TPY="$tree/.venv/bin/python"
+  TLABEL="$(label "$tree")"
+  echo "test.sh: host tests again on $TLABEL (python: $TPY)"
+  if ! PYTHON="$TPY" COMFYUI_PATH="$tree" bash scripts/setup_env.sh --test; then
+    SUMMARIES+=("$TLABEL: installing its requirements failed"); rc=1; continue
+  fi
+  if [ "$#" -gt 0 ]; then ARGS=("$@"); else ARGS=(tests/host); fi
+  COMFYUI_PATH="$tree" "$TPY" -m pytest --junitxml="$TMP/tree$i.xml" "${ARGS[@]}"
+  trc=$?
+  summarise "$TMP/tree$i.xml" "$trc" "$TLABEL"
+  SUMMARIES+=("$TLABEL: pytest exit $trc")
+  if [ "$trc" -ne 0 ]; then rc=$trc; fi
+done
+if [ "${#SUMMARIES[@]}" -gt 1 ]; then
+  echo "test.sh: ComfyUI trees tested:"
+  printf '  %s\n' "${SUMMARIES[@]}"
+fi
 exit $rc

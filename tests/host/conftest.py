@@ -2,7 +2,8 @@
 
 ComfyUI is found with ``scripts/comfyui_env.find_comfyui()`` (COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds
 this pack, or ~/ComfyUI). If none is found, every test under tests/host is skipped with the reason, and the reason is
-printed in the report header and the terminal summary: the host tests never disappear silently.
+printed in the report header (tests/conftest.py: only a conftest pytest loads before collecting can add to the
+header) and the terminal summary: the host tests never disappear silently.
 
 When ComfyUI is found, this module (at import, before any test module is collected):
 - puts the ComfyUI folder at sys.path[0], so the top-level name ``nodes`` is ComfyUI's nodes.py and never this
@@ -95,11 +96,10 @@ if REPO not in sys.path:
 if os.path.dirname(HOST_DIR) not in sys.path:
     sys.path.append(os.path.dirname(HOST_DIR))
 
-from scripts.comfyui_env import find_comfyui  # noqa: E402
+from scripts.comfyui_env import find_comfyui, host_skip_reason  # noqa: E402
 
 COMFYUI_PATH, COMFYUI_HOW = find_comfyui()
-SKIP_REASON = (None if COMFYUI_PATH else
-               f"ComfyUI host tests SKIPPED: {COMFYUI_HOW}. Set COMFYUI_PATH to a ComfyUI checkout.")
+SKIP_REASON = None if COMFYUI_PATH else host_skip_reason(COMFYUI_HOW)
 PACK_LINK_NAME = "comfyui_ip_adapter"
 
 
@@ -127,16 +127,6 @@ if COMFYUI_PATH:
 
 
 # --------------------------------------------------------------------------------------------- loud skipping
-
-def pytest_report_header(config):
-    if SKIP_REASON:
-        return [f"!!! {SKIP_REASON}"]
-    try:
-        from comfyui_version import __version__ as version
-    except ImportError:
-        version = "unknown version"
-    return [f"ComfyUI host tests: {COMFYUI_PATH} ({COMFYUI_HOW}), ComfyUI {version}, forced to CPU"]
-
 
 def pytest_collection_modifyitems(config, items):
     if not SKIP_REASON:
