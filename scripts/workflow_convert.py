@@ -11,7 +11,7 @@ after LoadImage's file). Front-end-only nodes (notes) are dropped; Reroute and P
 nodes pass their inputs through by type; muted nodes are dropped.
 
 CLI: python scripts/workflow_convert.py WORKFLOW.json --object-info info.json | --server http://127.0.0.1:8188
-                                         [--standins] [-o api.json]
+                                         [--standins] [--body] [-o api.json]
 """
 from __future__ import annotations
 
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--object-info", help="a saved GET /object_info response")
     src.add_argument("--server", help="a running server, e.g. http://127.0.0.1:8188")
     ap.add_argument("--standins", action="store_true", help="swap model files for the random stand-ins")
+    ap.add_argument("--body", action="store_true",
+                    help='write the whole POST /prompt request body, {"prompt": <graph>}, for curl -d @FILE')
     ap.add_argument("-o", "--output", help="write here (default: stdout)")
     args = ap.parse_args(argv)
     with open(args.workflow) as f:
@@ -241,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     api = to_api(workflow, info)
     if args.standins:
         api = use_standins(api)
-    text = json.dumps(api, indent=1)
+        if any(n["class_type"] == "IPATest_CLIPVisionLoaderJSON" for n in api.values()):
+            print("workflow_convert: the stand-in CLIP vision replaced CLIPVisionLoader with the TEST-ONLY node "
+                  "IPATest_CLIPVisionLoaderJSON (core CLIPVisionLoader only knows full-size encoders): the server "
+                  "needs tests/host/helper_nodes in its custom_nodes, or use a workflow with IPA Unified Loader "
+                  "(example_workflows/ipadapter_unified_loader.json), which loads the stand-in without it.",
+                  file=sys.stderr)
+    text = json.dumps({"prompt": api} if args.body else api, indent=1)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text + "\n")

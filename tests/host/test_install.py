@@ -108,3 +108,69 @@ def test_install_script_refuses_a_folder_that_is_no_comfyui(tmp_path):
     proc = subprocess.run(["bash", os.path.join(SCRIPTS, "install.sh"), str(tmp_path)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1 and "is not a ComfyUI folder" in proc.stderr
+
+
+def readme_blocks(after: str, count: int) -> list[str]:
+    """The ``count`` fenced code blocks of README.md that follow the line containing ``after``."""
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    rest = text[text.index(after):]
+    return [part.split("\n", 1)[1] for part in rest.split("```")[1:2 * count:2]]
+
+
+def test_readme_api_commands_queue_the_unified_loader_example(comfy_copy, tmp_path):
+    """The README's 'Queue a workflow through the HTTP API' commands, as written (only the port is a free one), on a
+    ComfyUI holding the pack, with no test-only node: /prompt takes the graph and an image is written."""
+    import time
+
+    import requests
+    from run_workflow import free_port
+
+    start, commands = readme_blocks("Start ComfyUI in one terminal", 2)
+    assert start.strip().endswith("python3 main.py --cpu") and "--standins" in commands, (start, commands)
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink(comfy_copy, home / "ComfyUI")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python3")
+    env = dict(clean_env(str(home)), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    pack = pack_copy(os.path.join(comfy_copy, "custom_nodes", "comfyui-ipa-api"))
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(["bash", "-c", f"{start.strip()} --port {port}"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.time()
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if requests.get(url + "/system_stats", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.time() - t0 < 300, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        script = commands.replace("127.0.0.1:8188", f"127.0.0.1:{port}")
+        proc = subprocess.run(["bash", "-ec", script], cwd=pack, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        import json
+
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        prompt_id = answer["prompt_id"]
+        while True:
+            entry = requests.get(f"{url}/history/{prompt_id}", timeout=30).json().get(prompt_id) or {}
+            status = entry.get("status", {})
+            if status.get("completed") or status.get("status_str") == "error":
+                break
+            assert server.poll() is None and time.time() - t0 < 900, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        assert status.get("status_str") == "success", status
+        images = [i["filename"] for out in entry["outputs"].values() for i in out.get("images", [])]
+        assert images and all(os.path.isfile(os.path.join(comfy_copy, "output", f)) for f in images), images
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        shutil.rmtree(pack, ignore_errors=True)
