@@ -44,7 +44,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   if [ "$BUILD" = cpu ]; then
     echo "setup_env: no GPU seen: installing the CPU build of torch from $CPU_INDEX"
     if ! PIP_DEFAULT_TIMEOUT=20 "$PY" -m pip install --quiet --retries 1 --index-url "$CPU_INDEX" "${TORCH_PINS[@]}"; then
-      echo "setup_env: the CPU wheel index could not be reached; installing PyPI's default torch build instead" \
+      echo "setup_env: no CPU build of ${TORCH_PINS[*]} could be had from $CPU_INDEX (unreachable, or no matching wheel);" \
+           "installing PyPI's default torch build instead" \
            "(a CUDA build of several GB that also runs on the CPU)"
       pip_install "${TORCH_PINS[@]}"
     fi

@@ -20,14 +20,22 @@ Design (see issue "near-zero cost per step"):
   (extra_options["ad_params"]: sub_idxs, full_length) pick the window's frames; the caches are then keyed by the
   window's sub_idxs as well.
 - Sites whose term is provably 0 (weight 0 on every frame) get no patch at all (see :func:`install`).
+- Devices and threads: caches are keyed by device, and ``.to(device)`` drops the other devices' caches only on the
+  offload to a CPU device. ComfyUI 0.33's multi-GPU work units share one patch between per-GPU clones and call
+  ``.to(their device)`` from worker threads on every step: each device keeps its own K'/V' and gate, and cache
+  misses and pruning take a lock (hits take none), so the threads never see a dict change size under them.
+- The base attention is looked up in ComfyUI's attention module at call time, as its own CrossAttention does, so a
+  pack that swaps ``optimized_attention`` at run time is honoured (the per-model override of 0.33's
+  ``set_model_optimized_attention`` arrives through transformer_options on both versions).
 """
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any, Callable
 
 import torch
-from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.modules import attention as comfy_attention
 
 from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
 from ...ip_adapter_core.embeds import ImageTokens
@@ -75,8 +83,8 @@ class AdapterRun:
         self._values: dict[torch.device, torch.Tensor] = {}
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
-        self._gate_key: tuple | None = None
-        self._gate: torch.Tensor | None = None
+        self._gates: dict[torch.device, tuple] = {}  # device -> (sigmas object, dtype, gate)
+        self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> "AdapterRun":
         return self
@@ -95,8 +103,16 @@ class AdapterRun:
         key = (site, q.device, q.dtype, tuple(cond_or_uncond), per, heads, frames)
         hit = self._kv.get(key)
         if hit is None:
+            with self._lock:
+                return self._kv_miss(key, site, q, heads, cond_or_uncond, per, frames)
+        return hit
+
+    def _kv_miss(self, key: tuple, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int], per: int,
+                 frames: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self._kv.get(key)  # another thread may have built it meanwhile
+        if hit is None:
             if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
-                self._kv.clear()
+                self._kv = {}
             model = self.adapter.model
             weight = self.weight if self.site_weights is None else self.site_weights[site]
             index = frame_indices(frames, per)
@@ -123,24 +139,29 @@ class AdapterRun:
         key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond), window)
         hit = self._masks.get(key)
         if hit is None:
-            if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
-                self._masks.clear()
-            m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
-            hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
-                             full_length=length).to(q.dtype)
-            self._masks[key] = hit
+            with self._lock:
+                hit = self._masks.get(key)
+                if hit is None:
+                    if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
+                        self._masks = {}
+                    m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
+                    hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
+                                     full_length=length).to(q.dtype)
+                    self._masks[key] = hit
         return hit
 
     def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
         """None for the full range without a schedule; else one (1,1,1) tensor = (on/off for the sigma range) *
-        (schedule factor at this step's progress), recomputed only when the step's sigmas object changes.
+        (schedule factor at this step's progress), recomputed only when the step's sigmas object changes (one slot
+        per device: each multi-GPU worker has its own step tensors).
 
         The schedule needs extra_options["sample_sigmas"] (the run's schedule, set by ComfyUI's samplers) to find the
         step; without it the factor is 1. Without "sigmas" (a caller outside ComfyUI's samplers) the term stays on."""
         sigmas = extra_options.get("sigmas")
         if sigmas is None or (self.full_range and self.schedule.is_constant):
             return None
-        if self._gate_key is None or self._gate_key[0] is not sigmas or self._gate_key[1] != dtype:
+        slot = self._gates.get(sigmas.device)
+        if slot is None or slot[0] is not sigmas or slot[1] != dtype:
             gate = None if self.full_range else sigma_gate(sigmas, sigma_start=self.sigma_start,
                                                            sigma_end=self.sigma_end, dtype=dtype)
             sample_sigmas = extra_options.get("sample_sigmas")
@@ -149,9 +170,10 @@ class AdapterRun:
                 factor = schedule_factor(self.schedule.kind, progress, values=self._values_on(sigmas.device))
                 factor = factor.to(dtype).reshape(1, 1, 1)
                 gate = factor if gate is None else gate * factor
-            self._gate = gate
-            self._gate_key = (sigmas, dtype)
-        return self._gate
+            slot = (sigmas, dtype, gate)
+            with self._lock:
+                self._gates[sigmas.device] = slot
+        return slot[2]
 
     def _values_on(self, device: torch.device) -> torch.Tensor | None:
         """The custom schedule's values on ``device`` (copied there once), None for the other kinds."""
@@ -159,7 +181,8 @@ class AdapterRun:
             return None
         hit = self._values.get(device)
         if hit is None:
-            hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
+            with self._lock:
+                hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
         return hit
 
     def reweighted(self, factor: float) -> "AdapterRun":
@@ -168,16 +191,22 @@ class AdapterRun:
         run = copy.copy(self)
         run.weight = self.weight * factor
         run.site_weights = None if self.site_weights is None else tuple(w * factor for w in self.site_weights)
-        run._kv = {}
-        run._masks, run._values = dict(self._masks), dict(self._values)
-        run._gate_key, run._gate = None, None
+        run._kv, run._gates, run._lock = {}, {}, threading.Lock()
+        with self._lock:
+            run._masks, run._values = dict(self._masks), dict(self._values)
         return run
 
     def keep_device(self, device: torch.device) -> None:
-        """Drop cached K/V that live on other devices (called when ComfyUI moves the model)."""
-        self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
-        self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
-        self._values = {k: v for k, v in self._values.items() if k == device}
+        """Drop the caches that live on other devices, on the offload to a CPU device (ComfyUI moving the model off
+        its GPU). A move to an accelerator drops nothing: multi-GPU workers move the shared patch to their own device
+        every step, and each keeps its caches."""
+        if device.type != "cpu":
+            return
+        with self._lock:
+            self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+            self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
+            self._values = {k: v for k, v in self._values.items() if k == device}
+            self._gates = {k: v for k, v in self._gates.items() if k == device}
 
 
 class IPAttn2Patch:
@@ -194,8 +223,8 @@ class IPAttn2Patch:
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
         else:
-            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
-                                      transformer_options=extra_options)
+            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
+                                                      transformer_options=extra_options)
         cond_or_uncond = extra_options["cond_or_uncond"]
         frames = window_frames(extra_options.get("ad_params"), q.shape[0] // len(cond_or_uncond))
         for run, site in self.terms:
