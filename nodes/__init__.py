@@ -30,6 +30,28 @@ _NODES = {
     "IPA_UnifiedLoader": IPAUnifiedLoader,
 }
 
+# Names users search the node library for (ComfyUI 0.33 serves them as object_info "search_aliases"; older
+# releases ignore the attribute): the old ComfyUI_IPAdapter_plus node IDs each node replaces, and "ipadapter".
+_SEARCH_ALIASES = {
+    "IPA_ModelLoader": ["IPAdapterModelLoader"],
+    "IPA_Encode": ["IPAdapterEncoder"],
+    "IPA_Apply": ["IPAdapter"],
+    "IPA_ApplySimple": ["IPAdapter"],
+    "IPA_ApplyAdvanced": ["IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterEmbeds"],
+    "IPA_CombineEmbeds": ["IPAdapterCombineEmbeds"],
+    "IPA_NoiseImage": ["IPAdapterNoise"],
+    "IPA_PrepImage": ["PrepImageForClipVision"],
+    "IPA_SaveEmbeds": ["IPAdapterSaveEmbeds"],
+    "IPA_LoadEmbeds": ["IPAdapterLoadEmbeds"],
+    "IPA_Reweight": [],
+    "IPA_ApplyTiled": ["IPAdapterTiled"],
+    "IPA_StyleComposition": ["IPAdapterStyleComposition"],
+    "IPA_RegionalApply": ["IPAdapterRegionalConditioning"],
+    "IPA_UnifiedLoader": ["IPAdapterUnifiedLoader"],
+}
+for _node_id, _cls in _NODES.items():
+    _cls.SEARCH_ALIASES = _SEARCH_ALIASES[_node_id] + ["ipadapter", "ip-adapter"]
+
 NODE_CLASS_MAPPINGS = dict(_NODES)
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.DISPLAY_NAME for node_id, cls in _NODES.items()}
 

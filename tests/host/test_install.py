@@ -73,6 +73,8 @@ def test_pack_twice_in_custom_nodes_loads_once(comfy_copy, tmp_path):
         info = srv.object_info()
         ours = sorted(k for k in info if k.startswith("IPA_"))
         assert len(ours) == 15, ours
+        if "search_aliases" in info["IPA_ApplyAdvanced"]:  # ComfyUI 0.33 serves the node's SEARCH_ALIASES
+            assert "IPAdapterAdvanced" in info["IPA_ApplyAdvanced"]["search_aliases"]
         answer = srv.session.get(srv.url + "/ipa/site_weights", params={"family": "sd15"}, timeout=30)
         assert answer.status_code == 200 and len(answer.json()["sites"]) == 16
         extensions = srv.session.get(srv.url + "/extensions", timeout=30).json()

@@ -158,3 +158,21 @@ def test_chunked_encoding_gives_the_batched_tokens(run_node, sd15, cv, make_adap
     # Same math in smaller batches: equal up to fp32 summation order.
     torch.testing.assert_close(chunked.cond, whole.cond, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(whole.cond[0], whole.cond[1]), "different images must give different tokens"
+
+
+def test_old_pack_names_find_the_nodes_in_the_node_library(comfy_nodes):
+    """Each node lists the old pack's IDs it replaces as search aliases (ComfyUI 0.33 serves SEARCH_ALIASES in
+    object_info); the aliases name old-pack nodes the migration knows (scripts/migrate_rules.py)."""
+    import importlib
+    import sys
+
+    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
+    sys.path.insert(0, scripts)
+    rules = importlib.import_module("migrate_rules")
+    old_ids = set(rules.OLD_INPUTS) | set(rules.UNSUPPORTED)  # old-pack node IDs the migration knows
+    ours = {k: v for k, v in comfy_nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("IPA_")}
+    for node_id, cls in ours.items():
+        assert "ipadapter" in cls.SEARCH_ALIASES, node_id
+        unknown = [a for a in cls.SEARCH_ALIASES if a not in ("ipadapter", "ip-adapter") and a not in old_ids]
+        assert not unknown, (node_id, unknown)
+    assert "IPAdapterAdvanced" in ours["IPA_ApplyAdvanced"].SEARCH_ALIASES
