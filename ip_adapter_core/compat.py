@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 
+from . import families
 from .errors import IncompatibleError, InputError
 from .sites import Site
 from .spec import FAMILY_BY_CONTEXT_DIM, FAMILY_LABEL, AdapterSpec
@@ -44,13 +45,17 @@ def _summary(widths: Sequence[int]) -> str:
 
 
 def check_encoder(spec: AdapterSpec, *, hidden: int, projection: int | None, adapter_name: str, where: str) -> None:
-    """The CLIP vision encoder must produce what the adapter's projection reads."""
-    found = projection if spec.encoder_input == "image_embeds" else hidden
-    if found != spec.encoder_dim:
-        what = "image embeds" if spec.encoder_input == "image_embeds" else "hidden states"
+    """The CLIP vision encoder must produce what the adapter's projection reads (its family's encoder need)."""
+    need = families.encoder_need(spec)
+    if need.kind != "clip_vision":
+        raise IncompatibleError(f"{where}: '{adapter_name}' ({spec.describe()}) reads a {need.kind} encoder, not "
+                                f"CLIP vision.")
+    found = projection if need.output == "image_embeds" else hidden
+    if found != need.width:
+        what = "image embeds" if need.output == "image_embeds" else "hidden states"
         raise IncompatibleError(
             f"{where}: the CLIP vision model gives {found}-wide {what} (width {hidden}, projection {projection}) but "
-            f"'{adapter_name}' ({spec.describe()}) needs {spec.encoder_dim}-wide {what}; load {spec.encoder_name} "
+            f"'{adapter_name}' ({spec.describe()}) needs {need.width}-wide {what}; load {need.label} "
             f"in the CLIP Vision loader."
         )
 

@@ -137,7 +137,9 @@ class IPAdapterModel(nn.Module):
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.image_proj = build_projection(spec)
+        from . import families  # the families build their projections from the modules above
+
+        self.image_proj = families.build_projection(spec)
         self.sites = nn.ModuleList(SiteLayers(context_dim=spec.cross_attention_dim, hidden=h) for h in spec.site_dims)
 
     @classmethod
@@ -173,13 +175,3 @@ class IPAdapterModel(nn.Module):
         site = self.sites[index]
         with torch.no_grad():
             return site.to_k_ip(tokens), site.to_v_ip(tokens)
-
-
-def build_projection(spec: AdapterSpec) -> nn.Module:
-    """The projection module for a spec, with uninitialised weights."""
-    if spec.kind == "base":
-        return ImageProj(encoder_dim=spec.encoder_dim, context_dim=spec.cross_attention_dim, num_tokens=spec.num_tokens or 0)
-    if spec.kind == "full_face":
-        return MLPProj(encoder_dim=spec.encoder_dim, context_dim=spec.cross_attention_dim)
-    return Resampler(encoder_dim=spec.encoder_dim, dim=spec.resampler_dim or 0, heads=spec.resampler_heads or 0,
-                     depth=spec.resampler_depth or 0, num_queries=spec.num_tokens or 0, context_dim=spec.cross_attention_dim)

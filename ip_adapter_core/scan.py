@@ -19,6 +19,8 @@ import torch
 
 from .checkpoint import guess_kind, is_safetensors, load_torch_file, split_parts, validate_safetensors_header
 from .errors import CorruptFileError, InputError, IPAdapterError
+from . import families
+from .families import Preset
 from .spec import AdapterSpec, FAMILY_LABEL, detect_spec
 
 TensorShapes = dict[str, tuple[tuple[int, ...], str]]
@@ -172,49 +174,9 @@ def _cached(what: str, path: str, scan: Callable[[str], object]):
 ENCODER_FILES = {"CLIP ViT-H": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
                  "CLIP ViT-bigG": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"}
 
-
-def _bigg_base(s: AdapterSpec) -> bool:
-    """A base adapter reading 1280-wide image embeds: the ViT-bigG projection width."""
-    return s.kind == "base" and s.encoder_dim == 1280
-
-
-@dataclass(frozen=True)
-class Preset:
-    """label: what it selects, for messages. accepts: the test on the detected variant. examples: family -> the
-    published file to suggest (a family missing = none published). prefer / avoid: words that order files whose
-    tensors are identical (standard / light, plus / plus face / composition), after the tensors decided."""
-
-    label: str
-    accepts: Callable[[AdapterSpec], bool]
-    encoder: str
-    examples: dict[str, str]
-    prefer: tuple[str, ...] = ()
-    avoid: tuple[str, ...] = ()
-
-
-_STANDARD = {"sd15": "ip-adapter_sd15.safetensors", "sdxl": "ip-adapter_sdxl_vit-h.safetensors"}
-_H = "CLIP ViT-H"
-PRESETS: dict[str, Preset] = {
-    "standard": Preset("a standard (base, ViT-H) adapter", lambda s: s.kind == "base" and not _bigg_base(s), _H,
-                       _STANDARD, avoid=("light",)),
-    "light": Preset("a light adapter (SD1.5 base, ViT-H)",
-                    lambda s: s.kind == "base" and not _bigg_base(s) and s.family == "sd15", _H,
-                    {"sd15": "ip-adapter_sd15_light_v11.bin"}, prefer=("light",)),
-    "vit-G": Preset("a ViT-bigG base adapter", _bigg_base, "CLIP ViT-bigG",
-                    {"sd15": "ip-adapter_sd15_vit-G.safetensors", "sdxl": "ip-adapter_sdxl.safetensors"}),
-    "plus": Preset("a Plus adapter", lambda s: s.kind == "plus", _H,
-                   {"sd15": "ip-adapter-plus_sd15.safetensors", "sdxl": "ip-adapter-plus_sdxl_vit-h.safetensors"},
-                   avoid=("face", "composition")),
-    "plus face": Preset("a Plus face adapter", lambda s: s.kind == "plus", _H,
-                        {"sd15": "ip-adapter-plus-face_sd15.safetensors",
-                         "sdxl": "ip-adapter-plus-face_sdxl_vit-h.safetensors"}, prefer=("face",)),
-    "full face": Preset("a Full face adapter", lambda s: s.kind == "full_face", _H,
-                        {"sd15": "ip-adapter-full-face_sd15.safetensors"}),
-    "composition": Preset("a composition adapter (Plus layout)", lambda s: s.kind == "plus", _H,
-                          {"sd15": "ip_plus_composition_sd15.safetensors", "sdxl": "ip_plus_composition_sdxl.safetensors"},
-                          prefer=("composition",)),
-    "any": Preset("any adapter", lambda s: True, _H, _STANDARD),
-}
+# The unified-loader presets are the families' (ip_adapter_core.families); PRESETS is the table at import, with the
+# built-in families, for the node's combo. choose() reads the registry at call time.
+PRESETS = families.presets()
 
 
 def choice_key(preset: Preset, name: str) -> tuple:
@@ -253,7 +215,8 @@ def choose(preset_name: str, adapters: Sequence[Found], encoders: Sequence[Found
     fits_model(spec) -> None when the adapter fits the model, else a short reason. pinned: the one adapter given is
     taken whatever the preset.
     """
-    preset = PRESETS[preset_name]
+    table = families.presets()
+    preset = table[preset_name]
     notes: dict[int, str] = {}
     fitting: list[tuple[Found, Found]] = []
     for i, a in enumerate(adapters):
@@ -264,7 +227,7 @@ def choose(preset_name: str, adapters: Sequence[Found], encoders: Sequence[Found
         why = None if pinned or preset.accepts(spec) else f"not {preset.label}"
         why = why or fits_model(spec)
         served = sorted((e for e in encoders if e.scan.encoder is not None and e.scan.encoder.serves(spec)),
-                        key=lambda e: choice_key(PRESETS["any"], e.name))
+                        key=lambda e: choice_key(table["any"], e.name))
         if why is None and not served:
             what = "image embeds" if spec.encoder_input == "image_embeds" else "hidden states"
             why = f"no CLIP vision file gives its {spec.encoder_dim}-wide {what} ({spec.encoder_name})"
