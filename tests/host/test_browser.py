@@ -2,8 +2,10 @@
 
 What is checked, on the surfaces a user sees:
 - the pack's web extension (web/js/ipa.js) loads, and nothing the pack serves or runs logs a console error;
-- every node of the pack is in the node library (sidebar search "IPA"), and its help button shows the pack's
-  help page (the frontend fetches /extensions/<pack>/docs/<NodeId>.md and renders it: each input in bold);
+- every node of the pack is in the node library (sidebar search "IPA"), and the frontend shows the pack's help page
+  for it (it fetches /extensions/<pack>/docs/<NodeId>.md and renders it: each input in bold): from the leaf's help
+  button in the older library tree, from the Info tab of the node put on the canvas from its leaf in the redesigned
+  library (found out in the page, see _library_search);
 - example_workflows/ipadapter_simple.json loads into the graph editor (UI format, model names swapped for the random
   stand-ins), is queued from the page (app.queuePrompt), runs, and its image comes back to the page; the loader
   shows the detected variant on the node;
@@ -33,7 +35,7 @@ if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 import standins  # noqa: E402
 
-PACK = "comfyui_ip_adapter"  # the folder name scripts/run_workflow.ComfyServer links the pack under
+PACK = "comfyui_ip_adapter"  # the pack's folder (module) name on the server: set by the server fixture
 EXAMPLES = os.path.join(REPO, "example_workflows")
 SIMPLE = os.path.join(EXAMPLES, "ipadapter_simple.json")
 STYLE = os.path.join(EXAMPLES, "ipadapter_style_composition.json")
@@ -74,7 +76,11 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def server(chromium, standin_server):
+    global PACK
     srv = standin_server
+    # /extensions/<folder>/ and python_module "custom_nodes.<folder>": the folder the server loaded the pack from
+    # (a hyphenated one when this checkout sits in custom_nodes/ as ComfyUI-Manager names it)
+    PACK = os.path.basename(os.path.normpath(srv.pack_dir))
     # a fresh user folder: no first-run template browser over the canvas; no minimap or source badges in the
     # screenshots
     for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
@@ -201,6 +207,65 @@ def test_extension_loads_without_console_errors(ui, server):
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 
 
+# The node library and its help pages differ between frontend generations; the test finds out in the page which one
+# it has (never by version numbers):
+# - the tree of comfyui-frontend-package 1.2x (input.search-box-input, PrimeVue li.p-tree-node-leaf leaves): each
+#   leaf has a help button that opens the help page in the sidebar, left with its back arrow;
+# - the redesigned library of 1.3x+ (Comfy.NodeLibrary.NewDesign, default there: a combobox search, role=treeitem
+#   leaves with only a bookmark button): the help page is the Info tab of the right side panel for a node on the
+#   canvas. The node is put there from its leaf (click the leaf, click the canvas), selected, and the selection
+#   toolbox's Node Info button opens the tab; deleting the node and closing the panel put the page back.
+LIBRARY = ".side-bar-panel"
+HELP_BOLD = ".node-help-content .markdown-content strong"
+PROPERTIES = "[data-testid=properties-panel]"  # the redesign's right side panel
+
+
+def _library_search(page):
+    """The node library's search input, whichever frontend: waits for the sidebar to show one."""
+    kind = page.wait_for_function(f"""() => {{
+        const panel = document.querySelector('{LIBRARY}');
+        if (!panel) return null;
+        if (panel.querySelector('input.search-box-input')) return 'input.search-box-input';
+        if (panel.querySelector('input[role=combobox]')) return 'input[role=combobox]';
+        return null;
+    }}""", timeout=30_000).json_value()
+    return page.locator(f"{LIBRARY} {kind}").first
+
+
+def _library_leaf(page, name: str):
+    return page.locator(LIBRARY).locator(
+        f'li.p-tree-node-leaf[aria-label="{name}"], [role=treeitem]:not([aria-expanded]):has(> span:text-is("{name}"))'
+    ).first
+
+
+def _open_help_from_canvas(page, leaf, node_id: str) -> None:
+    """New library: the leaf places its node on the canvas (click, then click the canvas); Node Info on the
+    selection toolbox opens the right side panel's Info tab. Clicks only; the caller expects the help fetch."""
+    before = page.evaluate("app.graph.nodes.map(n => String(n.id))")
+    leaf.click()
+    panel = page.locator(LIBRARY).bounding_box()
+    x, y = panel["x"] + panel["width"] + 250, 320
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    added = page.wait_for_function(
+        """before => {
+            const nodes = app.graph.nodes.filter(n => !before.includes(String(n.id)));
+            return nodes.length ? nodes.map(n => n.type) : null;
+        }""", arg=before, timeout=30_000).json_value()
+    assert added == [node_id], f"the library leaf for {node_id} put {added} on the canvas"
+    page.locator(".selection-toolbox [data-testid=info-button]").click()
+
+
+def _close_help_from_canvas(page, node_id: str) -> None:
+    """Delete the node (the Info tab goes with it) and close the right side panel with its own toggle button, so the
+    canvas is as wide as before for the next node and the next tests."""
+    page.evaluate("type => app.graph.nodes.filter(n => n.type === type).forEach(n => app.graph.remove(n))", node_id)
+    page.evaluate("app.canvas.setDirty(true, true)")
+    page.locator(".node-help-content").wait_for(state="detached", timeout=30_000)
+    page.locator(f'{PROPERTIES} button[aria-pressed="true"]:has(i[class*="panel-right"])').click(timeout=30_000)
+    page.locator(PROPERTIES).wait_for(state="detached", timeout=30_000)
+
+
 def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
     nodes = _pack_nodes(server)
     assert "IPA_ApplyAdvanced" in nodes and "IPA_ModelLoader" in nodes, sorted(nodes)
@@ -209,26 +274,37 @@ def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
 
     page = ui.page
     page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
-    page.fill("input.search-box-input", "IPA")
+    search = _library_search(page)
+    cleared = False
     for node_id, spec in sorted(nodes.items()):
         name = spec["display_name"]
-        leaf = page.locator(f'li.p-tree-node-leaf[aria-label="{name}"]').first
-        leaf.wait_for(state="visible")
+        search.fill("IPA")
+        leaf = _library_leaf(page, name)
+        leaf.wait_for(state="visible", timeout=30_000)
         leaf.hover()
+        in_tree = leaf.locator("button.help-button").count() > 0  # the 1.2x tree: a help button per leaf
+        if not in_tree and not cleared:
+            page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")  # room to place nodes
+            cleared = True
         doc = f"/extensions/{PACK}/docs/{node_id}.md"
-        with page.expect_response(lambda r: r.url.split("?")[0].endswith(doc)) as response:
-            leaf.locator("button.help-button").click()
+        with page.expect_response(lambda r: r.url.split("?")[0].endswith(doc), timeout=30_000) as response:
+            if in_tree:
+                leaf.locator("button.help-button").click()
+            else:
+                _open_help_from_canvas(page, leaf, node_id)
         assert response.value.status == 200, f"{node_id}: help page {doc} -> HTTP {response.value.status}"
         inputs = [*spec["input"].get("required", {}), *spec["input"].get("optional", {})]
         page.wait_for_function(
-            """names => {
-                const bold = [...document.querySelectorAll('.node-help-content .markdown-content strong')];
+            """([selector, names]) => {
+                const bold = [...document.querySelectorAll(selector)];
                 return names.every(n => bold.some(s => s.textContent.trim() === n));
-            }""", arg=inputs, timeout=30_000)
+            }""", arg=[HELP_BOLD, inputs], timeout=30_000)
         if node_id == "IPA_ApplyAdvanced":
             _screenshot(ui, "help_page.png")
-        page.locator("button:has(.pi-arrow-left)").first.click()  # the help page's back arrow
-        page.fill("input.search-box-input", "IPA")
+        if in_tree:
+            page.locator("button:has(.pi-arrow-left)").first.click()  # the help page's back arrow
+        else:
+            _close_help_from_canvas(page, node_id)
     page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 

@@ -135,7 +135,11 @@ def test_readme_api_commands_queue_the_unified_loader_example(comfy_copy, tmp_pa
     os.symlink(comfy_copy, home / "ComfyUI")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    os.symlink(sys.executable, bin_dir / "python3")
+    # the README's "python3" is the one that runs this test: a wrapper, not a symlink (a symlinked venv python
+    # outside its venv's bin/ does not find its pyvenv.cfg and loses the venv's packages)
+    wrapper = bin_dir / "python3"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     env = dict(clean_env(str(home)), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     pack = pack_copy(os.path.join(comfy_copy, "custom_nodes", "comfyui-ipa-api"))
     log_path = tmp_path / "server.log"
