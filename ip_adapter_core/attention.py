@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import check_choice
 
 
 def concat_images(cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +116,7 @@ def scale_kv(k: torch.Tensor, v: torch.Tensor, *, weight: float | torch.Tensor, 
 
 def check_scaling(scaling: str) -> None:
     """InputError unless ``scaling`` is one of EMBEDS_SCALINGS."""
-    if scaling not in EMBEDS_SCALINGS:
-        raise InputError(f"input 'embeds_scaling': unknown mode {scaling!r}; expected one of "
-                         f"{', '.join(repr(m) for m in EMBEDS_SCALINGS)}.")
+    check_choice(scaling, EMBEDS_SCALINGS, input_name="embeds_scaling", what="mode")
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:

@@ -36,6 +36,13 @@ class AdapterParts:
     ip_adapter: dict[str, torch.Tensor]
 
 
+def file_key(path: str) -> tuple[str, int, int]:
+    """What identifies one version of a file for every cache of the package (loaded adapters and encoders, header
+    scans, the unified loader's folder stamp): (real path, size, modification time in ns). OSError when it is gone."""
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
 def validate_safetensors_header(path: str) -> dict:
     """Parse and check a safetensors header without reading tensor data.
 

@@ -22,32 +22,22 @@ the reference images).
 """
 from __future__ import annotations
 
-import re
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, check_choice
+from .numbers import parse_numbers
 
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average", "max", "min")
-
-_SPLIT = re.compile(r"[,\s;]+")
-
 
 def parse_weights(text: str, count: int, *, where: str) -> torch.Tensor | None:
     """"1.0, 0.5" -> tensor (count,) of per-image weights; empty text -> None (every weight 1).
 
     Fewer values than images: the last value is repeated. More values than images: an error.
     """
-    parts = [p for p in _SPLIT.split(text.strip()) if p]
-    if not parts:
+    values = list(parse_numbers(text, where=where, example="1.0, 0.5"))
+    if not values:
         return None
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise InputError(f"{where}: '{text}' is not a list of numbers; write one weight per image, "
-                         f"e.g. '1.0, 0.5'.") from None
-    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
-        raise InputError(f"{where}: '{text}' holds a non-finite weight; use finite numbers such as '1.0, 0.5'.")
     if len(values) > count:
         raise InputError(f"{where}: {len(values)} weights for {count} image(s); give at most one weight per image.")
     values += [values[-1]] * (count - len(values))
@@ -60,8 +50,7 @@ def combine_tokens(cond: torch.Tensor, method: str, weights: torch.Tensor | None
 
     weights: (N,) per-image weights or None (all 1).
     """
-    if method not in COMBINE_METHODS:
-        raise InputError(f"{where}: unknown method '{method}'; expected one of {', '.join(COMBINE_METHODS)}.")
+    check_choice(method, COMBINE_METHODS, what="method", where=where)
     n = cond.shape[0]
     if method == "concat":
         if weights is not None and not bool((weights == 1).all()):

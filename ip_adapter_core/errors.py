@@ -23,3 +23,12 @@ class IncompatibleError(IPAdapterError):
 
 class InputError(IPAdapterError):
     """A node input is out of its domain (empty image batch, start_at > end_at, ...)."""
+
+
+def check_choice(value, choices, *, input_name: str | None = None, what: str = "value", where: str | None = None):
+    """InputError unless ``value`` is one of ``choices``: "[where: ][input 'name': ]unknown <what> 'x'; expected one
+    of 'a', 'b'." (one wording for every combo-like input). Returns ``value``."""
+    if value not in choices:
+        prefix = "".join([f"{where}: " if where else "", f"input '{input_name}': " if input_name else ""])
+        raise InputError(f"{prefix}unknown {what} {value!r}; expected one of {', '.join(repr(c) for c in choices)}.")
+    return value

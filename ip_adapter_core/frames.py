@@ -10,27 +10,16 @@ per-frame weights (``frame_weights``) are laid out.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
-from .errors import InputError
-
-_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
-
+from .numbers import parse_numbers
 
 def parse_frame_weights(text: str) -> tuple[float, ...] | None:
-    """"1, 0.5, 0" (commas, semicolons or new lines) -> (1.0, 0.5, 0.0); empty or blank -> None (1 for every frame).
+    """"1, 0.5, 0" (ip_adapter_core.numbers) -> (1.0, 0.5, 0.0); empty or blank -> None (1 for every frame).
 
-    Raises InputError naming the entry that is not a number.
+    Raises InputError naming the entry that is not a (finite) number.
     """
-    entries = [e.strip() for e in re.split(r"[,\n;]", text or "") if e.strip()]
-    if not entries:
-        return None
-    for entry in entries:
-        if not _NUMBER.match(entry):
-            raise InputError(f"input 'frame_weights': cannot read {entry!r} as a number; expected numbers separated "
-                             f"by commas or new lines, one per latent (frame), e.g. '1, 0.5, 0'.")
-    return tuple(float(e) for e in entries)
+    return parse_numbers(text, where="input 'frame_weights'", example="1, 0.5, 0") or None
 
 
 def window_frames(ad_params: Mapping[str, Any] | None, per_chunk: int) -> tuple[int, ...] | None:

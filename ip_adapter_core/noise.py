@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, check_choice
 
 NOISE_TYPES = ("fade", "dissolve", "gaussian", "shuffle")
 
@@ -21,8 +21,7 @@ NOISE_TYPES = ("fade", "dissolve", "gaussian", "shuffle")
 def noise_image(*, noise_type: str, width: int, height: int, batch: int, seed: int, strength: float,
                 image: torch.Tensor | None = None, where: str) -> torch.Tensor:
     """-> IMAGE (B, H, W, 3) float32 in [0, 1]; (B, H, W) from ``image`` when given, else (batch, height, width)."""
-    if noise_type not in NOISE_TYPES:
-        raise InputError(f"{where}: unknown type '{noise_type}'; expected one of {', '.join(NOISE_TYPES)}.")
+    check_choice(noise_type, NOISE_TYPES, what="type", where=where)
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"{where}: strength {strength} is outside 0..1.")
     if image is None:

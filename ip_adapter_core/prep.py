@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .compat import prepare_images
-from .errors import InputError
+from .errors import InputError, check_choice
 
 CROPS = ("center", "top", "bottom", "left", "right", "pad")
 INTERPOLATIONS = ("bicubic", "bilinear", "lanczos", "nearest", "area")
@@ -42,11 +42,8 @@ _BINOMIAL = torch.tensor([1.0, 2.0, 1.0]) / 4.0
 def prep_image(image: torch.Tensor, *, size: int, crop: str = "center", interpolation: str = "bicubic",
                sharpening: float = 0.0, where: str = "prep_image") -> torch.Tensor:
     """image: IMAGE (B, H, W, C), C in 1..4 -> (B, size, size, 3) float32 in [0, 1] (alpha dropped, gray expanded)."""
-    if crop not in CROPS:
-        raise InputError(f"{where}: unknown crop '{crop}'; expected one of {', '.join(CROPS)}.")
-    if interpolation not in INTERPOLATIONS:
-        raise InputError(f"{where}: unknown interpolation '{interpolation}'; expected one of "
-                         f"{', '.join(INTERPOLATIONS)}.")
+    check_choice(crop, CROPS, what="crop", where=where)
+    check_choice(interpolation, INTERPOLATIONS, what="interpolation", where=where)
     if not 0.0 <= sharpening <= 1.0:
         raise InputError(f"{where}: sharpening {sharpening} is outside 0..1.")
     if size < 1:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checkpoint import guess_kind, is_safetensors, load_torch_file, split_parts, validate_safetensors_header
+from .checkpoint import file_key, guess_kind, is_safetensors, load_torch_file, split_parts, validate_safetensors_header
 from .errors import CorruptFileError, InputError, IPAdapterError
 from . import families
 from .families import Preset
@@ -155,10 +155,10 @@ _cache_lock = threading.Lock()
 def _cached(what: str, path: str, scan: Callable[[str], object]):
     """scan(path), remembered per real path until the file's size or modification time changes."""
     try:
-        st = os.stat(path)
+        real, size, mtime = file_key(path)
     except OSError:  # a dangling link, or removed meanwhile: the scan says why, nothing to remember
         return scan(path)
-    key, stamp = (what, os.path.realpath(path)), (st.st_size, st.st_mtime_ns)
+    key, stamp = (what, real), (size, mtime)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None and hit[0] == stamp:

@@ -17,14 +17,13 @@ tensor arithmetic, so a schedule adds no device-to-host sync.
 """
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, check_choice
+from .numbers import parse_numbers
 
 SCHEDULES = ("constant", "linear in", "linear out", "ease in", "ease out", "ease in-out", "custom")
 
@@ -45,9 +44,7 @@ class WeightSchedule:
 
 def check_schedule(kind: str) -> None:
     """InputError unless ``kind`` is one of SCHEDULES."""
-    if kind not in SCHEDULES:
-        raise InputError(f"input 'weight_schedule': unknown schedule {kind!r}; expected one of "
-                         f"{', '.join(repr(s) for s in SCHEDULES)}.")
+    check_choice(kind, SCHEDULES, input_name="weight_schedule", what="schedule")
 
 
 def parse_schedule_values(text: str) -> tuple[float, ...]:
@@ -55,23 +52,11 @@ def parse_schedule_values(text: str) -> tuple[float, ...]:
 
     InputError for an empty list, a token that is not a number, or a value that is not finite.
     """
-    tokens = [t for t in re.split(r"[,;\s]+", text.strip()) if t]
-    if not tokens:
+    values = parse_numbers(text, where="input 'schedule_values'", example="1, 0.8, 0.2", max_count=_MAX_VALUES)
+    if not values:
         raise InputError("input 'schedule_values': empty; weight_schedule 'custom' needs a list of weights such as "
                          "'1, 0.8, 0.2' (first step to last step of the active range).")
-    if len(tokens) > _MAX_VALUES:
-        raise InputError(f"input 'schedule_values': {len(tokens)} values; at most {_MAX_VALUES} are allowed.")
-    values = []
-    for i, tok in enumerate(tokens, 1):
-        try:
-            v = float(tok)
-        except ValueError:
-            raise InputError(f"input 'schedule_values': value {i} ({tok!r}) is not a number; expected numbers "
-                             f"separated by commas, such as '1, 0.8, 0.2'.") from None
-        if not math.isfinite(v):
-            raise InputError(f"input 'schedule_values': value {i} ({tok!r}) is not a finite number.")
-        values.append(v)
-    return tuple(values)
+    return values
 
 
 def make_schedule(kind: str, values_text: str = "") -> WeightSchedule:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .errors import InputError
+from .errors import InputError, check_choice
+from .numbers import split_entries
 from .sites import Site, layer_number
 
 WEIGHT_TYPES = (
@@ -93,9 +94,7 @@ def _curve(weight_type: str, t: int, n: int) -> float:
 
 
 def check_weight_type(weight_type: str) -> None:
-    if weight_type not in WEIGHT_TYPES:
-        raise InputError(f"input 'weight_type': unknown weight type {weight_type!r}; expected one of "
-                         f"{', '.join(repr(t) for t in WEIGHT_TYPES)}.")
+    check_choice(weight_type, WEIGHT_TYPES, input_name="weight_type", what="weight type")
 
 
 def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weight_composition: float = 1.0,
@@ -153,7 +152,7 @@ def parse_layer_weights(text: str, sites: Sequence[Site]) -> tuple[float, ...] |
 
     Raises InputError naming the bad entry and the expected syntax, or the valid range of an index.
     """
-    entries = [e.strip() for e in re.split(r"[,\n;]", text or "") if e.strip()]
+    entries = split_entries(text)
     if not entries:
         return None
     t_idx = transformer_indices(sites)

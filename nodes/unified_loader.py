@@ -12,6 +12,7 @@ import os
 
 import folder_paths
 
+from ..ip_adapter_core.checkpoint import file_key
 from ..ip_adapter_core.compat import check_model
 from ..ip_adapter_core.errors import IncompatibleError, InputError
 from ..ip_adapter_core.scan import PRESETS, Found, choose, scan_adapter, scan_clip_vision
@@ -52,11 +53,10 @@ def _folder_stamp() -> str:
     for folder_name in (FOLDER, CLIP_FOLDER):
         for folder, name in _files(folder_name):
             try:
-                st = os.stat(os.path.join(folder, name))
-                size, mtime = st.st_size, st.st_mtime_ns
+                key = file_key(os.path.join(folder, name))
             except OSError:  # a dangling link
-                size = mtime = -1
-            stamp.update(f"{folder}\0{name}\0{size}\0{mtime}\n".encode())
+                key = None
+            stamp.update(f"{folder}\0{name}\0{key}\n".encode())
     return stamp.hexdigest()
 
 
