@@ -2,8 +2,8 @@
 
 Run ``python3 bench/bench_controls.py --help``. Same harness as bench_step.py (one "step" = one model call of
 ``comfy.sample.sample``, euler, CFG 7; call 1 is the warm step), but every variant is built the way the control's node
-builds it, through the pack's ``apply_adapter`` (nodes/apply.py) on zero-feature image tokens (values do not change
-costs):
+builds it, through the pack's ``plan_for`` + ``install`` (nodes/patch/install.py) on zero-feature image tokens
+(values do not change costs):
 
 - IPA Apply (the reference point: every site, one term);
 - IPA Apply (advanced) "style transfer": zero-weight sites get no patch;
@@ -45,7 +45,6 @@ def main() -> None:
     print(f"ComfyUI {where}; torch {torch.__version__}; device {mm.get_torch_device()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         pack = bs.load_pack(tmp)
-        apply_adapter = sys.modules[pack.host.__name__.rsplit(".patch.", 1)[0] + ".apply"].apply_adapter
         adapter = bs.make_adapters(pack, tmp, ("ip-adapter_sd15",))["ip-adapter_sd15"]
         tokens = bs.zero_tokens(pack, adapter)
         two = type(tokens)(cond=tokens.cond.repeat(2, 1, 1), uncond=tokens.uncond, spec=tokens.spec,
@@ -62,7 +61,8 @@ def main() -> None:
 
         def apply(model, toks=tokens, **kw):
             kw = {"weight": 1.0, "start_at": 0.0, "end_at": 1.0, **kw}
-            return apply_adapter(model, adapter, toks, where="bench", **kw)
+            plan = pack.install.plan_for(model, adapter, where="bench", **kw)
+            return pack.install.install(model, adapter, toks, plan, where="bench")
 
         def chain(model, *steps):
             for kw in steps:

@@ -69,7 +69,8 @@ def start_comfyui(extra_args: list[str]) -> str:
 
 
 def load_pack(tmp: str) -> types.SimpleNamespace:
-    """Load this pack with ComfyUI's own custom-node loader; return its node classes and patch modules."""
+    """Load this pack with ComfyUI's own custom-node loader; return its node classes and the modules the benches
+    use, reached as attributes of the package ComfyUI imported."""
     import nodes as comfy_nodes
 
     root = os.path.join(tmp, "custom_nodes")
@@ -81,9 +82,10 @@ def load_pack(tmp: str) -> types.SimpleNamespace:
         result = asyncio.run(result)
     if not result:
         sys.exit("bench: ComfyUI could not import the pack (see the log above)")
-    name = link.replace(".", "_x_")
-    return types.SimpleNamespace(nodes=comfy_nodes.NODE_CLASS_MAPPINGS, host=sys.modules[f"{name}.nodes.patch.host"],
-                                 attn2=sys.modules[f"{name}.nodes.patch.attn2"])
+    package = sys.modules[link.replace(".", "_x_")]  # the module name ComfyUI's loader gives a custom-node folder
+    patch = package.nodes.patch
+    return types.SimpleNamespace(nodes=comfy_nodes.NODE_CLASS_MAPPINGS, host=patch.host, install=patch.install,
+                                 encoder=patch.encoder, embeds=package.ip_adapter_core.embeds)
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -310,7 +312,7 @@ def bench_encode(args, pack, adapters: dict, clip_vision: Any, clip_label: str, 
 
 def zero_tokens(pack: Any, adapter: Any) -> Any:
     """Image tokens of an all-zero CLIP feature (shapes and costs only; no encoder)."""
-    embeds = sys.modules[pack.host.__name__.rsplit(".nodes.", 1)[0] + ".ip_adapter_core.embeds"]
+    embeds = pack.embeds
     spec = adapter.spec
     shape = (1, spec.encoder_dim) if spec.encoder_input == "image_embeds" else (1, 257, spec.encoder_dim)
     cond = adapter.model.project(torch.zeros(shape)).float()

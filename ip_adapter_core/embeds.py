@@ -8,6 +8,9 @@ import torch
 from .errors import IncompatibleError
 from .spec import AdapterSpec
 
+# the uncond image prompt of an encode: "reference" = as the adapter was trained, "black image" = the old pack's
+UNCOND_MODES = ("reference", "black image")
+
 
 @dataclass(frozen=True)
 class ImageTokens:

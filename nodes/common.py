@@ -6,6 +6,8 @@ from typing import Callable
 
 from ..ip_adapter_core.attention import EMBEDS_SCALINGS
 from ..ip_adapter_core.errors import IPAdapterError
+from ..ip_adapter_core.plan import COMPATIBILITY_MODES
+from ..ip_adapter_core.prep import INTERPOLATIONS
 from ..ip_adapter_core.schedule import SCHEDULES
 from ..ip_adapter_core.weighting import WEIGHT_TYPES
 
@@ -76,13 +78,22 @@ FRAME_WEIGHTS = ("STRING", {
     "tooltip": "Optional per-latent (per-frame) factors on the weight, separated by commas or lines, e.g. "
                "'1, 0.5, 0': latent i uses entry i, later latents the last entry; 0 = that frame is left exactly "
                "as without the adapter. Works with unfold_batch on or off. Empty = 1 for every frame."})
-COMPATIBILITY_MODES = ("this pack", "ComfyUI_IPAdapter_plus")
 COMPATIBILITY = (list(COMPATIBILITY_MODES), {
     "default": "this pack",
     "tooltip": "'this pack' = the reference implementation. 'ComfyUI_IPAdapter_plus' = reproduce the old "
                "IPAdapter_plus nodes for workflows migrated from them: no image prompt on the middle block (the old "
                "pack's middle-block patch never ran on current ComfyUI) and, when this node encodes the image "
                "itself, a black image as the negative image prompt."})
+# IPA Prep Image's and IPA Apply (tiled)'s (which resizes its tiles with the same prep_image)
+INTERPOLATION = (list(INTERPOLATIONS), {
+    "default": "bicubic",
+    "tooltip": "Resize filter. bicubic = what CLIP vision preprocessing uses; lanczos = sharper; bilinear = softer; "
+               "area = box average; nearest = no filtering."})
+SHARPENING = ("FLOAT", {
+    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+    "tooltip": "Unsharp mask after resizing: 0 = off, 1 = strongest. Helps details that downscaling blurs away."})
+
+
 PRECISE_BOOST = ("FLOAT", {
     "default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
     "tooltip": "For the 'precise' weight types only, a factor on weight for the layers they work against: the "

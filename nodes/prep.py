@@ -5,19 +5,9 @@ from typing import Any
 
 import torch
 
-from ..ip_adapter_core.prep import CROPS, INTERPOLATIONS, prep_image
-from .common import CATEGORY, reports
+from ..ip_adapter_core.prep import CROPS, prep_image
+from .common import CATEGORY, INTERPOLATION, SHARPENING, reports
 from .patch.host import clip_vision_dims
-
-# Also the inputs of IPA Apply (tiled), which resizes its tiles with the same prep_image.
-INTERPOLATION = (list(INTERPOLATIONS), {
-    "default": "bicubic",
-    "tooltip": "Resize filter. bicubic = what CLIP vision preprocessing uses; lanczos = sharper; bilinear = softer; "
-               "area = box average; nearest = no filtering."})
-SHARPENING = ("FLOAT", {
-    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-    "tooltip": "Unsharp mask after resizing: 0 = off, 1 = strongest. Helps details that downscaling blurs away."})
-
 
 class IPAPrepImage:
     DISPLAY_NAME = "IPA Prep Image"

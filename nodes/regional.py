@@ -6,12 +6,11 @@ from typing import Any
 import node_helpers
 import torch
 
-from ..ip_adapter_core.compat import check_range
 from ..ip_adapter_core.regions import connected_regions
-from .apply import apply_adapter
 from .common import ADAPTER_IN, CATEGORY, CLIP_VISION_IN, END_AT, MODEL_IN, START_AT, reports
-from .encode import encode
+from .patch.encoder import encode
 from .patch.host import LoadedAdapter
+from .patch.install import install, plan_for
 
 REGIONS = 4
 
@@ -85,11 +84,11 @@ class IPARegionalApply:
         where = self.DISPLAY_NAME
         regions = connected_regions([image_1, image_2, image_3, image_4], [mask_1, mask_2, mask_3, mask_4],
                                     [weight_1, weight_2, weight_3, weight_4], [prompt_1, prompt_2, prompt_3, prompt_4])
-        check_range(start_at, end_at, where=where)
+        plans = [plan_for(model, ipadapter, where=f"{where} (region {r.index})", weight=r.weight, start_at=start_at,
+                          end_at=end_at, attn_mask=r.mask) for r in regions]
         tokens = [encode(ipadapter, clip_vision, r.image, where=f"{where} (image_{r.index})") for r in regions]
-        for region, t in zip(regions, tokens):
-            model = apply_adapter(model, ipadapter, t, weight=region.weight, start_at=start_at, end_at=end_at,
-                                  where=f"{where} (region {region.index})", attn_mask=region.mask)
+        for region, plan, t in zip(regions, plans, tokens):
+            model = install(model, ipadapter, t, plan, where=f"{where} (region {region.index})")
         conditioning = list(positive) if positive is not None else []
         for region in regions:
             if region.prompt is not None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from ..ip_adapter_core.errors import InputError
 from .common import CATEGORY, reports
-from .patch.attn2 import reweight
+from .patch.install import reweight
 
 
 class IPAReweight:

@@ -5,15 +5,12 @@ from typing import Any
 
 import torch
 
-from ..ip_adapter_core.attention import check_scaling
-from ..ip_adapter_core.compat import check_range
-from ..ip_adapter_core.masks import prepare_mask
 from ..ip_adapter_core.regions import style_composition_types
-from .apply import apply_adapter
 from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, EMBEDS_SCALING, END_AT, MODEL_IN, START_AT,
                      reports)
-from .encode import encode
+from .patch.encoder import encode
 from .patch.host import LoadedAdapter
+from .patch.install import install, plan_for
 
 IMAGE_STYLE = ("IMAGE", {"tooltip": "The style reference (colours, textures, brush work): used on the style layers "
                                     "only. Several images are used together."})
@@ -61,17 +58,14 @@ class IPAStyleComposition:
             start_at: float, end_at: float, embeds_scaling: str, attn_mask: torch.Tensor | None = None,
             negative_image: torch.Tensor | None = None):
         where = self.DISPLAY_NAME
-        if attn_mask is not None:
-            prepare_mask(attn_mask, where=where)  # bad inputs fail before any image is encoded
-        check_range(start_at, end_at, where=where)
-        check_scaling(embeds_scaling)
         style_type, composition_type = style_composition_types(expand_style)
         terms = ((image_style, "image_style", weight_style, style_type),
                  (image_composition, "image_composition", weight_composition, composition_type))
+        plans = [plan_for(model, ipadapter, where=f"{where} ({name})", weight=weight, start_at=start_at,
+                          end_at=end_at, weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask)
+                 for _, name, weight, weight_type in terms]  # bad inputs fail before any image is encoded
         tokens = [encode(ipadapter, clip_vision, image, where=f"{where} ({name})", negative_image=negative_image)
                   for image, name, _, _ in terms]
-        for t, (_, name, weight, weight_type) in zip(tokens, terms):
-            model = apply_adapter(model, ipadapter, t, weight=weight, start_at=start_at, end_at=end_at,
-                                  where=f"{where} ({name})", weight_type=weight_type, embeds_scaling=embeds_scaling,
-                                  attn_mask=attn_mask)
+        for plan, t, (_, name, _, _) in zip(plans, tokens, terms):
+            model = install(model, ipadapter, t, plan, where=f"{where} ({name})")
         return (model,)

@@ -6,18 +6,16 @@ from typing import Any
 
 import torch
 
-from ..ip_adapter_core.compat import check_range, prepare_images
-from ..ip_adapter_core.errors import InputError
+from ..ip_adapter_core.compat import prepare_images
 from ..ip_adapter_core.masks import prepare_mask
 from ..ip_adapter_core.prep import prep_image
 from ..ip_adapter_core.tiles import (MAX_OVERLAP, MAX_SHORT_SIDE_TILES, cut_tiles, mask_canvas, tile_grid,
                                      tile_masks)
-from .apply import apply_adapter
-from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, END_AT, MODEL_IN, START_AT, WEIGHT,
-                     reports)
-from .encode import encode
-from .prep import INTERPOLATION, SHARPENING
-from .patch.host import LoadedAdapter, clip_vision_dims
+from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, END_AT, INTERPOLATION, MODEL_IN, SHARPENING,
+                     START_AT, WEIGHT, reports)
+from .patch import encoder
+from .patch.host import LoadedAdapter
+from .patch.install import install, plan_for
 
 
 class IPAApplyTiled:
@@ -64,25 +62,21 @@ class IPAApplyTiled:
             start_at: float, end_at: float, attn_mask: torch.Tensor | None = None, tile_overlap: float = 0.0,
             short_side_tiles: int = 0, interpolation: str = "bicubic", sharpening: float = 0.0):
         where = self.DISPLAY_NAME
-        check_range(start_at, end_at, where=where)
         mask = None if attn_mask is None else prepare_mask(attn_mask, where=where)
         images = prepare_images(image, where=f"{where}, input 'image'")
-        if clip_vision is None:
-            raise InputError(f"{where}: input 'clip_vision' is missing; the tiles are encoded with it (this adapter "
-                             f"needs {ipadapter.spec.encoder_name}).")
-        size = clip_vision_dims(clip_vision).image_size
+        size = encoder.check(ipadapter, clip_vision, where=where).image_size(clip_vision)
         batch, height, width = images.shape[:3]
         grid = tile_grid(height, width, encoder_size=size, overlap=tile_overlap, short_side_tiles=short_side_tiles,
                          where=where)
         tiles = prep_image(cut_tiles(images, grid), size=size, crop="center", interpolation=interpolation,
                            sharpening=sharpening, where=where)
         regions = tile_masks(grid, mask_canvas(height, width) if mask is None else tuple(mask.shape[-2:]))
-        tokens = encode(ipadapter, clip_vision, tiles, where=where)
+        plans = [plan_for(model, ipadapter, where=where, weight=weight, start_at=start_at, end_at=end_at,
+                          attn_mask=regions[k:k + 1] if mask is None else regions[k] * mask) for k in range(len(grid))]
+        tokens = encoder.encode(ipadapter, clip_vision, tiles, where=where)
         out = model
-        for k in range(len(grid)):
-            region = regions[k:k + 1] if mask is None else regions[k] * mask
+        for k, plan in enumerate(plans):
             tile_tokens = dataclasses.replace(tokens, cond=tokens.cond[k * batch:(k + 1) * batch])
-            out = apply_adapter(out, ipadapter, tile_tokens, weight=weight, start_at=start_at, end_at=end_at,
-                                where=where, attn_mask=region)
+            out = install(out, ipadapter, tile_tokens, plan, where=where)
         masks = regions if mask is None else (regions[:, None] * mask[None]).flatten(0, 1)
         return out, tiles, masks

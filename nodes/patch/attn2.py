@@ -1,212 +1,25 @@
-"""The attn2 replace patch: the only object this package puts into a MODEL's transformer_options.
+"""The attn2 patch path (UNets): the only object this package puts into a UNet MODEL's transformer_options.
 
-Design (see issue "near-zero cost per step"):
-- ``AdapterRun`` is one apply of one adapter on one model: image tokens, weight (per site), embeds scaling, sigma
-  range, and a cache of the per-site K' / w*V' (every weight factor and scaling folded in) laid out for the batch,
-  built on the first call for a (device, dtype, chunk layout) and reused for every later step and run. It is shared,
-  never copied: ``__deepcopy__`` returns itself.
 - ``IPAttn2Patch`` is the object stored under one attn2 key. It is immutable: adding an adapter returns a new
   patch holding the old terms plus the new one, so a clone's patches never alter the original's. It calls through a
   foreign patch that was at the key first, and otherwise runs ComfyUI's own attention exactly as the unpatched
-  block does.
-- Nothing in ``__call__`` syncs with the host: start/end gating is a tensor compare on the device, computed once per
-  step and skipped altogether for the full range.
-- A weight schedule (ip_adapter_core.schedule) is folded into that same per-step gate: (on/off) * factor(progress),
-  one (1,1,1) tensor per step and adapter, so a site still pays one multiply. "constant" adds nothing.
-- An attention mask is resized once per (site, latent shape, device, dtype, batch layout) and cached like K'/V';
-  a step adds one multiply per site. Without a mask nothing is added.
-- Batches and animation (ip_adapter_core.frames): unfolded images (image i -> latent i) and per-frame weights are
-  laid out per latent inside the cached K'/V', so they cost nothing per step. AnimateDiff context windows
-  (extra_options["ad_params"]: sub_idxs, full_length) pick the window's frames; the caches are then keyed by the
-  window's sub_idxs as well.
-- Sites whose term is provably 0 (weight 0 on every frame) get no patch at all (see :func:`install`).
-- Devices and threads: caches are keyed by device, and ``.to(device)`` drops the other devices' caches only on the
-  offload to a CPU device. ComfyUI 0.33's multi-GPU work units share one patch between per-GPU clones and call
-  ``.to(their device)`` from worker threads on every step: each device keeps its own K'/V' and gate, and cache
-  misses and pruning take a lock (hits take none), so the threads never see a dict change size under them.
+  block does. Each term is an (AdapterRun, site) pair (run.py: caches, gate, mask, frames); a step adds one small
+  attention per term.
 - The base attention is looked up in ComfyUI's attention module at call time, as its own CrossAttention does, so a
   pack that swaps ``optimized_attention`` at run time is honoured (the per-model override of 0.33's
   ``set_model_optimized_attention`` arrives through transformer_options on both versions).
+- ``install`` / ``reweight`` are this path's half of nodes/patch/install.py, which dispatches by family.
 """
 from __future__ import annotations
 
-import copy
-import threading
 from typing import Any, Callable
 
 import torch
 from comfy.ldm.modules import attention as comfy_attention
 
-from ...ip_adapter_core.attention import add_image_term, concat_images, sigma_gate, site_kv
-from ...ip_adapter_core.embeds import ImageTokens
-from ...ip_adapter_core.frames import frame_factors, frame_indices, full_length, pick, window_frames
-from ...ip_adapter_core.masks import batch_mask, site_mask
-from ...ip_adapter_core.schedule import WeightSchedule, schedule_factor, step_progress
-
-_MAX_CACHED_LAYOUTS = 64
-
-
-class AdapterRun:
-    """One adapter applied to one model. adapter: LoadedAdapter (host.py); tokens: ImageTokens made by it."""
-
-    def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
-                 full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
-                 swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None,
-                 schedule: WeightSchedule = WeightSchedule(), start_at: float = 0.0, end_at: float = 1.0,
-                 unfold: bool = False, frame_weights: tuple[float, ...] | None = None) -> None:
-        """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
-        ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
-        All three are folded into the cached K'/V', so a step costs the same whatever they are.
-        mask: (M, H, W) in 0..1 (ip_adapter_core.masks.prepare_mask) or None; resized once per site and latent
-        shape, then one multiply per site and step.
-        schedule: the per-step weight schedule over start_at..end_at (fractions of the run's steps); "constant" =
-        none. It joins the step's gate (see :meth:`gate`).
-        unfold: image i drives latent i (frame i; the last image for later frames) instead of all images sharing one
-        attention on every latent. frame_weights: per-frame factors multiplied into every site's weight (frame i
-        uses entry min(i, len - 1)), None = 1 everywhere."""
-        self.adapter = adapter
-        self.unfold = bool(unfold)
-        self.images = tokens.cond
-        self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
-        if self.unfold:
-            self.uncond = tokens.uncond[:1]
-        self.frame_weights = None if frame_weights is None else tuple(float(f) for f in frame_weights)
-        self.weight = float(weight)
-        self.site_weights = None if site_weights is None else tuple(float(w) for w in site_weights)
-        self.scaling = scaling
-        self.swap_sites = frozenset(swap_sites)
-        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
-        self.full_range = full_range
-        self.mask = mask
-        self.schedule = schedule
-        self.start_at, self.end_at = float(start_at), float(end_at)
-        self._values: dict[torch.device, torch.Tensor] = {}
-        self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._masks: dict[tuple, torch.Tensor] = {}
-        self._gates: dict[torch.device, tuple] = {}  # device -> (sigmas object, dtype, gate)
-        self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo: dict) -> "AdapterRun":
-        return self
-
-    @property
-    def per_frame(self) -> bool:
-        """True when K'/V' differ per latent (unfold or frame weights), so they depend on the context window."""
-        return self.unfold or self.frame_weights is not None
-
-    def kv(self, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int],
-           frames: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K', w*V' of ``site`` for this batch layout (split into heads), from the cache after the first call.
-        frames: the context window's frame of each latent of a chunk (ip_adapter_core.frames.window_frames)."""
-        per = q.shape[0] // len(cond_or_uncond)
-        frames = frames if self.per_frame else None
-        key = (site, q.device, q.dtype, tuple(cond_or_uncond), per, heads, frames)
-        hit = self._kv.get(key)
-        if hit is None:
-            with self._lock:
-                return self._kv_miss(key, site, q, heads, cond_or_uncond, per, frames)
-        return hit
-
-    def _kv_miss(self, key: tuple, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int], per: int,
-                 frames: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        hit = self._kv.get(key)  # another thread may have built it meanwhile
-        if hit is None:
-            if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
-                self._kv = {}
-            model = self.adapter.model
-            weight = self.weight if self.site_weights is None else self.site_weights[site]
-            index = frame_indices(frames, per)
-            cond = self.images[list(pick(self.images.shape[0], index))] if self.unfold else self.cond
-            factors = None if self.frame_weights is None else frame_factors(self.frame_weights, index)
-            hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=weight,
-                          cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
-                          scaling=self.scaling, swap=site in self.swap_sites, frame_weights=factors)
-            self._kv[key] = hit
-        return hit
-
-    def site_mask(self, site: int, q: torch.Tensor, extra_options: dict, cond_or_uncond: list[int],
-                  frames: tuple[int, ...] | None = None) -> torch.Tensor | None:
-        """None without a mask; else the (B, Nq, 1) multiplier of ``site`` for this latent shape and batch layout,
-        the same for cond and uncond chunks, from the cache after the first call. In a context window (``frames``)
-        a mask batch as long as the whole video gives latent i the mask of its frame."""
-        if self.mask is None:
-            return None
-        shape = extra_options.get("original_shape")
-        latent_hw = tuple(shape[-2:]) if shape is not None and len(shape) >= 4 else tuple(self.mask.shape[-2:])
-        per = q.shape[0] // len(cond_or_uncond)
-        length = None if frames is None else full_length(extra_options.get("ad_params"))
-        window = (frames, length) if length is not None and length == self.mask.shape[0] else None
-        key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond), window)
-        hit = self._masks.get(key)
-        if hit is None:
-            with self._lock:
-                hit = self._masks.get(key)
-                if hit is None:
-                    if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
-                        self._masks = {}
-                    m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
-                    hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
-                                     full_length=length).to(q.dtype)
-                    self._masks[key] = hit
-        return hit
-
-    def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
-        """None for the full range without a schedule; else one (1,1,1) tensor = (on/off for the sigma range) *
-        (schedule factor at this step's progress), recomputed only when the step's sigmas object changes (one slot
-        per device: each multi-GPU worker has its own step tensors).
-
-        The schedule needs extra_options["sample_sigmas"] (the run's schedule, set by ComfyUI's samplers) to find the
-        step; without it the factor is 1. Without "sigmas" (a caller outside ComfyUI's samplers) the term stays on."""
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None or (self.full_range and self.schedule.is_constant):
-            return None
-        slot = self._gates.get(sigmas.device)
-        if slot is None or slot[0] is not sigmas or slot[1] != dtype:
-            gate = None if self.full_range else sigma_gate(sigmas, sigma_start=self.sigma_start,
-                                                           sigma_end=self.sigma_end, dtype=dtype)
-            sample_sigmas = extra_options.get("sample_sigmas")
-            if not self.schedule.is_constant and sample_sigmas is not None:
-                progress = step_progress(sigmas, sample_sigmas, start=self.start_at, end=self.end_at)
-                factor = schedule_factor(self.schedule.kind, progress, values=self._values_on(sigmas.device))
-                factor = factor.to(dtype).reshape(1, 1, 1)
-                gate = factor if gate is None else gate * factor
-            slot = (sigmas, dtype, gate)
-            with self._lock:
-                self._gates[sigmas.device] = slot
-        return slot[2]
-
-    def _values_on(self, device: torch.device) -> torch.Tensor | None:
-        """The custom schedule's values on ``device`` (copied there once), None for the other kinds."""
-        if self.schedule.kind != "custom":
-            return None
-        hit = self._values.get(device)
-        if hit is None:
-            with self._lock:
-                hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
-        return hit
-
-    def reweighted(self, factor: float) -> "AdapterRun":
-        """The same run with every weight multiplied by ``factor`` (tokens, adapter, range, mask and schedule shared).
-        Its K'/V' cache starts empty, since the weights are folded into K'/V'."""
-        run = copy.copy(self)
-        run.weight = self.weight * factor
-        run.site_weights = None if self.site_weights is None else tuple(w * factor for w in self.site_weights)
-        run._kv, run._gates, run._lock = {}, {}, threading.Lock()
-        with self._lock:
-            run._masks, run._values = dict(self._masks), dict(self._values)
-        return run
-
-    def keep_device(self, device: torch.device) -> None:
-        """Drop the caches that live on other devices, on the offload to a CPU device (ComfyUI moving the model off
-        its GPU). A move to an accelerator drops nothing: multi-GPU workers move the shared patch to their own device
-        every step, and each keeps its caches."""
-        if device.type != "cpu":
-            return
-        with self._lock:
-            self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
-            self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
-            self._values = {k: v for k, v in self._values.items() if k == device}
-            self._gates = {k: v for k, v in self._gates.items() if k == device}
+from ...ip_adapter_core.attention import add_image_term
+from ...ip_adapter_core.frames import window_frames
+from .run import AdapterRun
 
 
 class IPAttn2Patch:
@@ -255,41 +68,21 @@ class IPAttn2Patch:
         return found
 
 
-SILENT_RUNS = "ipa_silent_runs"
-
-
-def install(model_patcher: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> Any:
-    """A clone of ``model_patcher`` with ``run``'s term on the given sites: (i, key) pairs, where i is the site's
-    position in the model's site list (checkpoint layer 2i+1) and key its attn2 key. Sites left out get no patch
-    (apply_adapter leaves out those whose term is provably 0). An apply that patches no site at all (weight 0
-    everywhere) is still recorded under transformer_options[SILENT_RUNS], so IPA Re-weight finds it."""
-    m = model_patcher.clone()
-    to = m.model_options.setdefault("transformer_options", {})
-    if not sites:
-        to[SILENT_RUNS] = tuple(to.get(SILENT_RUNS, ())) + (run,)
-    existing = to.get("patches_replace", {}).get("attn2", {})
+def install(m: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> None:
+    """Put ``run``'s term on the given sites of the clone ``m``: (i, key) pairs, where i is the site's position in
+    the model's site list (checkpoint layer 2i+1) and key its attn2 key."""
+    existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for i, key in sites:
         # ComfyUI tries (block, id, index) first, then (block, id): a foreign 2-tuple patch covers every index.
         current = existing.get(key, existing.get(key[:2]))
         patch = current if isinstance(current, IPAttn2Patch) else IPAttn2Patch((), current)
         m.set_model_attn2_replace(patch.with_term(run, i), key[0], key[1], key[2])
-    return m
 
 
-def reweight(model_patcher: Any, factor: float) -> tuple[Any, int]:
-    """A clone of ``model_patcher`` whose every IPA term uses its weights times ``factor``, and the number of adapter
-    applies found (those that patch no site count too: scaling a zero term leaves it zero). Each apply is re-made once
-    and shared by all its sites; foreign patches stay as they are."""
-    m = model_patcher.clone()
+def reweight(m: Any, scaled: Callable[[AdapterRun], AdapterRun]) -> None:
+    """Replace every IPA term on the clone ``m`` by ``scaled(run)``; foreign patches stay as they are."""
     attn2 = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    runs: dict[AdapterRun, AdapterRun] = {}
-
-    def scaled(run: AdapterRun) -> AdapterRun:
-        if run not in runs:
-            runs[run] = run.reweighted(factor)
-        return runs[run]
-
     for key, patch in list(attn2.items()):
         if isinstance(patch, IPAttn2Patch):
-            m.set_model_attn2_replace(IPAttn2Patch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner), *key)
-    return m, len(runs) + len(m.model_options.get("transformer_options", {}).get(SILENT_RUNS, ()))
+            m.set_model_attn2_replace(IPAttn2Patch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner),
+                                      *key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ import comfy.model_patcher
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
-from ...ip_adapter_core.checkpoint import load_adapter_parts
+from ...ip_adapter_core.checkpoint import file_key, load_adapter_parts
 from ...ip_adapter_core.embeds import fingerprint
 from ...ip_adapter_core.errors import InputError
 from ...ip_adapter_core.projection import IPAdapterModel
@@ -34,8 +34,6 @@ class LoadedAdapter:
     adapter_id: str
     model: IPAdapterModel
     patcher: Any
-    uncond_cache: "weakref.WeakKeyDictionary[Any, torch.Tensor]" = field(default_factory=weakref.WeakKeyDictionary)
-    base_uncond: torch.Tensor | None = None
 
     def __deepcopy__(self, memo: dict) -> "LoadedAdapter":
         return self
@@ -47,8 +45,7 @@ _cache_lock = threading.Lock()
 
 def load_adapter(path: str) -> LoadedAdapter:
     """Load (or reuse) the adapter at ``path``; cached by real path, size and modification time."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = file_key(path)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -150,8 +147,7 @@ def load_clip_vision(path: str) -> Any:
     count. A file it does not recognise loads from the ``<name>.json`` config next to it (ClipVisionModel's own
     config format), when there is one; every weight must then fit that config.
     """
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = file_key(path)
     name = os.path.basename(path)
     with _cache_lock:
         hit = _clip_cache.get(key)

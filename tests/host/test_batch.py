@@ -223,7 +223,8 @@ def test_style_transfer_patches_only_the_style_sites(sd15, advanced, embeds4, ho
     for key, patch in patches.items():
         assert [site for _, site in patch.terms] == [keys.index(key)], key
     the_run = patches[("input", 1, 0)].terms[0][0]
-    unskipped = pack_module("nodes.patch.attn2").install(sd15, the_run, list(enumerate(keys)))
+    unskipped = sd15.clone()
+    pack_module("nodes.patch.attn2").install(unskipped, the_run, list(enumerate(keys)))
     assert len(attn2_patches(unskipped)) == len(keys)
     assert torch.equal(run(patched), run(unskipped))
 

@@ -1,0 +1,125 @@
+"""The encoder stage: IMAGE -> the features a family's projection reads -> ImageTokens, one interface per kind.
+
+A family says what its projection reads (``ip_adapter_core.families.EncoderNeed``: kind, output, width); the stage
+registered for that kind in :data:`STAGES` checks the encoder a node was given, runs it, and gives the reference
+uncond features. :func:`encode` does the rest for every kind: prepare the images, chunk, project, build the uncond
+tokens (reference / black image / negative images) and keep the reference uncond per adapter and encoder, here and
+not on the adapter. ``ImageTokens`` is the one payload every apply node consumes. CLIP vision is the only kind now;
+a face pipeline (FaceID) is one more class with the same three methods.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from ...ip_adapter_core import families
+from ...ip_adapter_core.compat import check_encoder, prepare_images
+from ...ip_adapter_core.embeds import UNCOND_MODES, ImageTokens
+from ...ip_adapter_core.errors import InputError, check_choice
+from .host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
+
+
+class ClipVisionStage:
+    """CLIP_VISION sockets (ComfyUI's ClipVisionModel): image_embeds (B, E) or penultimate states (B, N, E)."""
+
+    kind = "clip_vision"
+    socket = "clip_vision"
+
+    def check(self, adapter: LoadedAdapter, encoder: Any, *, where: str) -> None:
+        dims = clip_vision_dims(encoder)
+        check_encoder(adapter.spec, hidden=dims.hidden, projection=dims.projection, adapter_name=adapter.name,
+                      where=f"{where}, input '{self.socket}'")
+
+    def image_size(self, encoder: Any) -> int:
+        return clip_vision_dims(encoder).image_size
+
+    def features(self, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor) -> torch.Tensor:
+        return encode_images(encoder, images, adapter.spec.encoder_input)
+
+    def zero_features(self, adapter: LoadedAdapter, encoder: Any) -> tuple[torch.Tensor, bool]:
+        """The reference uncond's features and whether they depend on the encoder: the zero embedding for base
+        adapters (no), the encoder run on an all-zero normalised image for plus / full face (yes)."""
+        if adapter.spec.encoder_input == "image_embeds":
+            return torch.zeros(1, adapter.spec.encoder_dim), False
+        return encode_zero_pixels(encoder), True
+
+
+STAGES: dict[str, Any] = {"clip_vision": ClipVisionStage()}
+
+# the reference uncond tokens: adapter -> tokens (encoder-independent) / adapter -> {encoder: tokens}
+_base_uncond: "weakref.WeakKeyDictionary[LoadedAdapter, torch.Tensor]" = weakref.WeakKeyDictionary()
+_encoder_uncond: "weakref.WeakKeyDictionary[LoadedAdapter, weakref.WeakKeyDictionary]" = weakref.WeakKeyDictionary()
+
+
+def stage_for(adapter: LoadedAdapter, *, where: str):
+    kind = families.encoder_need(adapter.spec).kind
+    stage = STAGES.get(kind)
+    if stage is None:
+        raise InputError(f"{where}: '{adapter.name}' ({adapter.spec.describe()}) reads a '{kind}' encoder, which this "
+                         f"version does not provide.")
+    return stage
+
+
+def check(adapter: LoadedAdapter, encoder: Any, *, where: str):
+    """The stage of ``adapter``'s family, with ``encoder`` checked against it (present, the right widths)."""
+    stage = stage_for(adapter, where=where)
+    if encoder is None:
+        raise InputError(f"{where}: input '{stage.socket}' is missing; an image needs a CLIP vision encoder "
+                         f"(this adapter needs {adapter.spec.encoder_name}).")
+    stage.check(adapter, encoder, where=where)
+    return stage
+
+
+def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: str, batch_size: int = 0,
+           uncond: str = "reference", negative_image: torch.Tensor | None = None) -> ImageTokens:
+    """Encode ``image`` with ``encoder`` and project it with ``adapter``, in one batched pass or in chunks of
+    ``batch_size`` images (0 = all at once).
+
+    The uncond tokens: ``negative_image`` given -> its tokens averaged over its batch (overrides ``uncond``);
+    ``uncond`` "reference" -> the training's (the projection of the stage's zero features), computed once per
+    adapter (and encoder, where they depend on it); "black image" -> the incumbent's: a black IMAGE through the
+    encoder's preprocessing where the features depend on the image's pixels, and (as the incumbent does) the zero
+    embedding for base adapters, where it equals "reference".
+    """
+    check_choice(uncond, UNCOND_MODES, input_name="uncond", what="mode", where=where)
+    stage = check(adapter, encoder, where=where)
+    images = prepare_images(image, where=f"{where}, input 'image'")
+    negatives = None if negative_image is None else prepare_images(negative_image,
+                                                                   where=f"{where}, input 'negative_image'")
+    device = projection_device(adapter)
+    cond = project_images(stage, adapter, encoder, images, batch_size, device)
+    if negatives is not None:
+        negative = project_images(stage, adapter, encoder, negatives, batch_size, device).mean(0, keepdim=True)
+    elif uncond == "black image" and adapter.spec.encoder_input != "image_embeds":
+        size = stage.image_size(encoder)
+        negative = project_images(stage, adapter, encoder, torch.zeros(1, size, size, 3), 0, device)
+    else:
+        negative = reference_uncond(stage, adapter, encoder, device)
+    return ImageTokens(cond=cond, uncond=negative, spec=adapter.spec, adapter_id=adapter.adapter_id,
+                       adapter_name=adapter.name)
+
+
+def project_images(stage: Any, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor, batch_size: int,
+                   device: torch.device) -> torch.Tensor:
+    """images: (B, H, W, 3) -> tokens (B, T, C) float32 on the CPU, encoded in chunks of ``batch_size`` (0 = all)."""
+    chunks = images.split(batch_size) if batch_size > 0 else (images,)
+    return torch.cat([adapter.model.project(stage.features(adapter, encoder, c).to(device)).float().cpu()
+                      for c in chunks])
+
+
+def reference_uncond(stage: Any, adapter: LoadedAdapter, encoder: Any, device: torch.device) -> torch.Tensor:
+    """The reference uncond tokens (1, T, C), kept per adapter (and per encoder where they depend on it)."""
+    hit = _base_uncond.get(adapter)
+    if hit is None:
+        per_encoder = _encoder_uncond.get(adapter)
+        hit = None if per_encoder is None else per_encoder.get(encoder)
+    if hit is None:
+        features, by_encoder = stage.zero_features(adapter, encoder)
+        hit = adapter.model.project(features.to(device)).float().cpu()
+        if by_encoder:
+            _encoder_uncond.setdefault(adapter, weakref.WeakKeyDictionary())[encoder] = hit
+        else:
+            _base_uncond[adapter] = hit
+    return hit
