@@ -155,3 +155,76 @@ def test_forward_matches_diffusers(unets, inputs, ipadapter_dir, make_adapter_fi
     tolerance = ATOL + RTOL * expected.abs().max().item()
     assert effect > 100 * tolerance, f"the image prompt barely moves the output ({effect} vs tolerance {tolerance})"
     close(actual, expected)
+
+
+# ------------------------------------------------------------------------------------------- the LoRA route (FaceID)
+
+def _faceid_lora(unet, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """A random LoRA in the FaceID file format, numbered as the official code numbers its processors: N = position in
+    diffusers' ``unet.attn_processors`` (attn1 and attn2 of every transformer block)."""
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(unet.named_modules())
+    lora = {}
+    for n, name in enumerate(unet.attn_processors):
+        attn = modules[name.rsplit(".processor", 1)[0]]
+        for proj, layer in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v), ("out", attn.to_out[0])):
+            lora[f"{n}.to_{proj}_lora.down.weight"] = torch.randn(rank, layer.in_features, generator=g) * 0.2
+            lora[f"{n}.to_{proj}_lora.up.weight"] = torch.randn(layer.out_features, rank, generator=g) * 0.2
+    return lora
+
+
+def _merged(unet, lora: dict[str, torch.Tensor], strength: float):
+    """diffusers' UNet with W += strength * up @ down on the processor's layers (the official LoRAAttnProcessor adds
+    up(down(x)) to each projection, network_alpha None)."""
+    merged = copy.deepcopy(unet)
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for n, name in enumerate(merged.attn_processors):
+            attn = modules[name.rsplit(".processor", 1)[0]]
+            for proj, layer in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v), ("out", attn.to_out[0])):
+                down, up = lora[f"{n}.to_{proj}_lora.down.weight"], lora[f"{n}.to_{proj}_lora.up.weight"]
+                layer.weight += strength * (up @ down)
+    return merged
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_lora_route_matches_diffusers_merged_lora(unets, inputs, pack_module, strength):
+    """The LoRA route (nodes/patch/lora.py over ip_adapter_core.lora) puts every FaceID LoRA pair on the weight the
+    official code puts it on: ComfyUI's loaded clone equals diffusers with the pairs merged by processor number. The
+    caller's model keeps no patch, the clone shares the model's weights (no copy), and unloading restores them."""
+    import comfy.model_management as mm
+
+    unet, patcher = unets
+    lora = _faceid_lora(unet, rank=4, seed=5)
+    x, t, ctx = inputs
+    with torch.no_grad():
+        expected = _merged(unet, lora, strength)(x, t, encoder_hidden_states=ctx).sample
+        without = unet(x, t, encoder_hidden_states=ctx).sample
+    before = {k: v.clone() for k, v in patcher.model.diffusion_model.state_dict().items()}
+    m = patcher.clone()
+    count = pack_module("nodes.patch.lora").add_lora(m, lora, strength, adapter_name="lora", where="test")
+    assert count == len(lora) // 2 == 32
+    assert not patcher.patches and m.model is patcher.model
+    try:
+        mm.load_models_gpu([m])
+        actual = comfy_forward(m, x, t, ctx, [1, 0])
+    finally:
+        mm.unload_all_models()
+    effect = (expected - without).abs().max().item()
+    assert effect > 100 * (ATOL + RTOL * expected.abs().max().item()), effect
+    close(actual, expected)
+    after = patcher.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k].to(before[k].device)) for k in before), "weights not restored"
+
+
+def test_lora_route_refuses_a_lora_for_another_model(unets, pack_module):
+    unet, patcher = unets
+    lora = _faceid_lora(unet, rank=4, seed=6)
+    lora["9.to_q_lora.down.weight"], lora["9.to_q_lora.up.weight"] = torch.zeros(4, 32), torch.zeros(32, 4)
+    with pytest.raises(Exception, match=r"test: 'x' has a LoRA for attention processor 9, but the model has 8") as e:
+        pack_module("nodes.patch.lora").add_lora(patcher.clone(), lora, 1.0, adapter_name="x", where="test")
+    assert type(e.value).__name__ == "IncompatibleError"
+    wide = _faceid_lora(unet, rank=4, seed=7)
+    wide["1.to_k_lora.down.weight"] = torch.zeros(4, 1024)
+    with pytest.raises(Exception, match=r"LoRA '1.to_k' is down \(4, 1024\).*maps 768 -> 32"):
+        pack_module("nodes.patch.lora").add_lora(patcher.clone(), wide, 1.0, adapter_name="x", where="test")
