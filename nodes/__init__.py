@@ -3,7 +3,8 @@ from .apply import IPAApply, IPAApplyAdvanced, IPAApplySimple
 from .combine import IPACombineEmbeds
 from .embeds_file import IPALoadEmbeds, IPASaveEmbeds
 from .encode import IPAEncode
-from .loader import IPAModelLoader, register_folder
+from .folders import register_folder
+from .loader import IPAModelLoader
 from .noise import IPANoiseImage
 from .prep import IPAPrepImage
 from .regional import IPARegionalApply

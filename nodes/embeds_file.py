@@ -12,19 +12,7 @@ from ..ip_adapter_core.embeds import ImageTokens
 from ..ip_adapter_core.embeds_io import check_prefix, from_safetensors_dict, next_file_name, to_safetensors_dict
 from ..ip_adapter_core.errors import CorruptFileError, IPAdapterError
 from .common import CATEGORY, EMBEDS, EMBEDS_IN, reports
-
-FOLDER = "ipadapter_embeds"
-
-
-def embeds_folder() -> str:
-    """<output>/ipadapter_embeds, registered with folder_paths as "ipadapter_embeds" (re-pointed if the output
-    directory changed since the last call), so saving and loading use the same folder."""
-    path = os.path.join(folder_paths.get_output_directory(), FOLDER)
-    if folder_paths.folder_names_and_paths.get(FOLDER, ([],))[0] != [path]:
-        folder_paths.folder_names_and_paths[FOLDER] = ([path], {".safetensors"})
-        folder_paths.filename_list_cache.pop(FOLDER, None)
-    return path
-
+from .folders import EMBEDS_FOLDER, embeds_folder
 
 class IPASaveEmbeds:
     DISPLAY_NAME = "IPA Save Embeds"
@@ -54,7 +42,7 @@ class IPASaveEmbeds:
         tensors, metadata = to_safetensors_dict(embeds)
         save_file(tensors, os.path.join(folder, name), metadata=metadata)
         relative = "/".join([*parts[:-1], name])
-        return {"ui": {"text": [f"{FOLDER}/{relative}"]}}
+        return {"ui": {"text": [f"{EMBEDS_FOLDER}/{relative}"]}}
 
 
 class IPALoadEmbeds:
@@ -70,19 +58,19 @@ class IPALoadEmbeds:
     @classmethod
     def INPUT_TYPES(cls):
         embeds_folder()
-        return {"required": {"embeds_file": (folder_paths.get_filename_list(FOLDER), {
+        return {"required": {"embeds_file": (folder_paths.get_filename_list(EMBEDS_FOLDER), {
             "tooltip": "A .safetensors file in output/ipadapter_embeds, written by 'IPA Save Embeds'."})}}
 
     @classmethod
     def IS_CHANGED(cls, embeds_file: str):
         embeds_folder()
-        path = folder_paths.get_full_path(FOLDER, embeds_file)
+        path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file)
         return os.path.getmtime(path) if path else float("nan")
 
     @reports(DISPLAY_NAME)
     def load(self, embeds_file: str):
         embeds_folder()
-        path = folder_paths.get_full_path(FOLDER, embeds_file)
+        path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file)
         if path is None:
             raise CorruptFileError(f"input 'embeds_file': '{embeds_file}' is not in {embeds_folder()}; save embeds "
                                    f"there with 'IPA Save Embeds'.")

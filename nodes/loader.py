@@ -5,22 +5,8 @@ import folder_paths
 
 from ..ip_adapter_core.errors import CorruptFileError
 from .common import ADAPTER, CATEGORY, reports
-from .embeds_file import embeds_folder
+from .folders import FOLDER
 from .patch.host import load_adapter
-
-FOLDER = "ipadapter"
-
-
-def register_folder() -> None:
-    """Register models/ipadapter, keeping every path extra_model_paths.yaml already added, and the embeds folder
-    output/ipadapter_embeds."""
-    embeds_folder()
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, _ = folder_paths.folder_names_and_paths[FOLDER]
-    else:
-        paths = [folder_paths.os.path.join(folder_paths.models_dir, FOLDER)]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, folder_paths.supported_pt_extensions)
-
 
 class IPAModelLoader:
     DISPLAY_NAME = "IPA Load Adapter"

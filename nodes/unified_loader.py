@@ -18,10 +18,9 @@ from ..ip_adapter_core.errors import IncompatibleError, InputError
 from ..ip_adapter_core.scan import PRESETS, Found, choose, scan_adapter, scan_clip_vision
 from ..ip_adapter_core.spec import FAMILY_BY_CONTEXT_DIM, FAMILY_LABEL, AdapterSpec
 from .common import ADAPTER, CATEGORY, reports
-from .loader import FOLDER
+from .folders import CLIP_FOLDER, FOLDER
 from .patch.host import load_adapter, load_clip_vision, model_context_dim, model_sites
 
-CLIP_FOLDER = "clip_vision"
 AUTO = "auto"
 
 

@@ -59,3 +59,24 @@ def test_detector_control():
     # Control for the check above: a module named like a host module is caught, a look-alike is not.
     assert _loaded(["comfy.model_management", "nodes", "comfy_extras.nodes_x", "comfyui_other", "nodesx"],
                    HOST_MODULES) == ["comfy.model_management", "comfy_extras.nodes_x", "nodes"]
+
+
+NODE_SHARED = {"common", "folders", "patch"}  # what node modules may import from inside nodes/
+
+
+def _node_imports(path: str) -> set[str]:
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    return {(node.module or "").split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+
+def test_node_modules_import_no_other_node_module():
+    """The node classes read inputs, plan, encode and install (nodes/patch); shared definitions live in common.py and
+    folders.py. A node module importing another node module's functions is the coupling ARCHITECTURE.md rules out."""
+    folder = os.path.join(ROOT, "nodes")
+    modules = {f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py"}
+    assert {"apply", "regional", "tiled", "common"} <= modules
+    found = {m: _node_imports(os.path.join(folder, m + ".py")) & (modules - NODE_SHARED) for m in sorted(modules)}
+    assert not any(found.values()), {m: sorted(v) for m, v in found.items() if v}

@@ -66,7 +66,7 @@ def test_register_folder_keeps_paths_from_extra_model_paths(comfyui_path, pack_m
                                                   os.path.join(comfyui_path, "utils", "extra_config.py"))
     extra_config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(extra_config)
-    loader = pack_module("nodes.loader")
+    loader = pack_module("nodes.folders")
     extra = tmp_path / "my_ipadapters"
     extra.mkdir()
     yaml_path = tmp_path / "extra_model_paths.yaml"
