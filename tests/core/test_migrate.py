@@ -1,4 +1,4 @@
-"""Migration from ComfyUI_IPAdapter_plus workflows (scripts/migrate_workflow.py), no ComfyUI needed.
+"""Migration from ComfyUI_IPAdapter_plus workflows (migration/migrate_workflow.py), no ComfyUI needed.
 
 The old workflows are written here by hand in the old pack's saved formats (UI: nodes + links with the old nodes'
 socket lists and widgets_values in their INPUT_TYPES order; API: class_type + inputs); the expected results are
@@ -16,8 +16,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(ROOT, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
+MIGRATION = os.path.join(ROOT, "migration")
+for _p in (SCRIPTS, MIGRATION):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 import migrate_workflow as mw  # noqa: E402
 import workflow_convert as wc  # noqa: E402
 
@@ -506,7 +508,7 @@ def test_command_line(tmp_path):
     old["nodes"].append(faceid)
     src, dst = tmp_path / "old.json", tmp_path / "new.json"
     src.write_text(json.dumps(old))
-    script = os.path.join(SCRIPTS, "migrate_workflow.py")
+    script = os.path.join(MIGRATION, "migrate_workflow.py")
     run = subprocess.run([sys.executable, script, str(src), "-o", str(dst)], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr

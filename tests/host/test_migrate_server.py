@@ -1,4 +1,4 @@
-"""Converted ComfyUI_IPAdapter_plus workflows (scripts/migrate_workflow.py) run through a real ComfyUI server.
+"""Converted ComfyUI_IPAdapter_plus workflows (migration/migrate_workflow.py) run through a real ComfyUI server.
 
 1. Old-format workflows written here (API and UI format, the old pack's node IDs and inputs) are converted and
    queued on a server with this pack and the random stand-in models (scripts/standins.py): they must run, and the
@@ -22,8 +22,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
+for _p in (SCRIPTS, os.path.join(REPO, "migration")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 import migrate_workflow as mw  # noqa: E402
 import standins  # noqa: E402
 import workflow_convert as wc  # noqa: E402

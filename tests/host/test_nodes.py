@@ -162,13 +162,13 @@ def test_chunked_encoding_gives_the_batched_tokens(run_node, sd15, cv, make_adap
 
 def test_old_pack_names_find_the_nodes_in_the_node_library(comfy_nodes):
     """Each node lists the old pack's IDs it replaces as search aliases (ComfyUI 0.33 serves SEARCH_ALIASES in
-    object_info); the aliases name old-pack nodes the migration knows (scripts/migrate_rules.py)."""
+    object_info); the aliases name old-pack nodes the migration knows (migration/schemas.py)."""
     import importlib
     import sys
 
-    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
-    sys.path.insert(0, scripts)
-    rules = importlib.import_module("migrate_rules")
+    migration = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "migration")
+    sys.path.insert(0, migration)
+    rules = importlib.import_module("schemas")
     old_ids = set(rules.OLD_INPUTS) | set(rules.UNSUPPORTED)  # old-pack node IDs the migration knows
     ours = {k: v for k, v in comfy_nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("IPA_")}
     for node_id, cls in ours.items():
