@@ -75,7 +75,7 @@ UNFOLD_BATCH = ("BOOLEAN", {
                "reference image is used together on every latent. AnimateDiff context windows pick their frames."})
 FRAME_WEIGHTS = ("STRING", {
     "default": "", "multiline": True,
-    "tooltip": "Optional per-latent (per-frame) factors on the weight, separated by commas or lines, e.g. "
+    "tooltip": "Optional per-latent (per-frame) factors on the weight, separated by commas, spaces or lines, e.g. "
                "'1, 0.5, 0': latent i uses entry i, later latents the last entry; 0 = that frame is left exactly "
                "as without the adapter. Works with unfold_batch on or off. Empty = 1 for every frame."})
 COMPATIBILITY = (list(COMPATIBILITY_MODES), {
