@@ -137,9 +137,9 @@ class IPAdapterModel(nn.Module):
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__()
         self.spec = spec
-        from . import families  # the families build their projections from the modules above
+        from .families.registry import build_projection  # the families build it from the modules above
 
-        self.image_proj = families.build_projection(spec)
+        self.image_proj = build_projection(spec)
         self.sites = nn.ModuleList(SiteLayers(context_dim=spec.cross_attention_dim, hidden=h) for h in spec.site_dims)
 
     @classmethod

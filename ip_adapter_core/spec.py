@@ -44,9 +44,9 @@ class AdapterSpec:
     @property
     def encoder_name(self) -> str:
         """Name of the encoder the adapter was trained with, e.g. "CLIP ViT-H" (its family's encoder need)."""
-        from . import families
+        from .families.registry import encoder_need
 
-        return families.encoder_need(self).label
+        return encoder_need(self).label
 
     def describe(self) -> str:
         """One line for the UI and for errors: "Plus, SDXL, 16 tokens, needs CLIP ViT-H"."""
@@ -63,6 +63,6 @@ def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str,
     files are told apart earlier, by their top-level keys, in checkpoint.split_parts) and NotAnIPAdapterError for
     anything else that does not fit, naming the families tried.
     """
-    from . import families
+    from .families.registry import detect
 
-    return families.detect(image_proj, ip_adapter, name=name)
+    return detect(image_proj, ip_adapter, name=name)

@@ -17,125 +17,12 @@ module here plus one module per host layer; nothing else in core changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
-
-import torch
-from torch import nn
-
-from ..errors import NotAnIPAdapterError
-from ..spec import AdapterSpec
-
-Tensors = Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class EncoderNeed:
-    """What the encoder stage must give a family's projection: the encoder ``kind`` ("clip_vision"; a face pipeline
-    will be "face"), which ``output`` of it ("image_embeds" (B, E) or "penultimate" (B, N, E)), its ``width`` E, and
-    ``label``, the encoder to name in messages ("CLIP ViT-H")."""
-
-    kind: str
-    output: str
-    width: int
-    label: str
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A unified-loader preset. label: what it selects, for messages. accepts: the test on the detected variant.
-    encoder: the encoder to suggest. examples: base model family -> the published file to suggest (missing = none
-    published). prefer / avoid: words that order files whose tensors are identical (standard / light, plus / plus
-    face / composition), after the tensors decided."""
-
-    label: str
-    accepts: Callable[[AdapterSpec], bool]
-    encoder: str
-    examples: dict[str, str]
-    prefer: tuple[str, ...] = ()
-    avoid: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    label: str
-    claims: Callable[[Tensors, Tensors], bool]
-    detect: Callable[[Tensors, Tensors, str], AdapterSpec]
-    build_projection: Callable[[AdapterSpec], nn.Module] | None = None
-    encoder_need: Callable[[AdapterSpec], EncoderNeed] | None = None
-    patch_path: str = "attn2"
-    presets: Mapping[str, Preset] = field(default_factory=dict)
-    implemented: bool = True
-
-
-_FAMILIES: list[Family] = []
-
-
-def register(family: Family, *, first: bool = False) -> Family:
-    """Add ``family`` (replacing one of the same name); ``first``: ask it before the others."""
-    unregister(family.name)
-    _FAMILIES.insert(0, family) if first else _FAMILIES.append(family)
-    return family
-
-
-def unregister(name: str) -> None:
-    _FAMILIES[:] = [f for f in _FAMILIES if f.name != name]
-
-
-def registered() -> tuple[Family, ...]:
-    return tuple(_FAMILIES)
-
-
-def get(name: str) -> Family:
-    for family in _FAMILIES:
-        if family.name == name:
-            return family
-    raise KeyError(f"no adapter family {name!r}; registered: {', '.join(f.name for f in _FAMILIES)}")
-
-
-def family_of(spec: AdapterSpec) -> Family:
-    return get(spec.adapter_family)
-
-
-def detect(image_proj: Tensors, ip_adapter: Tensors, *, name: str = "the file") -> AdapterSpec:
-    """The spec of a file's two parts (keys without their part prefix), from the first family that claims them."""
-    for family in _FAMILIES:
-        if family.claims(image_proj, ip_adapter):
-            return family.detect(image_proj, ip_adapter, name)
-    tried = ", ".join(f.label for f in _FAMILIES)
-    raise NotAnIPAdapterError(f"{name} is not an adapter this package knows (families tried: {tried}); keys: "
-                              f"{', '.join(sorted([*image_proj, *ip_adapter])[:6])}...")
-
-
-def build_projection(spec: AdapterSpec) -> nn.Module:
-    family = family_of(spec)
-    if family.build_projection is None:
-        raise NotAnIPAdapterError(f"the {family.label} family builds no projection")
-    return family.build_projection(spec)
-
-
-def encoder_need(spec: AdapterSpec) -> EncoderNeed:
-    family = family_of(spec)
-    if family.encoder_need is None:
-        raise NotAnIPAdapterError(f"the {family.label} family has no encoder stage")
-    return family.encoder_need(spec)
-
-
-def presets() -> dict[str, Preset]:
-    """Every family's unified-loader presets, in registration order (a later family cannot reuse a name)."""
-    out: dict[str, Preset] = {}
-    for family in _FAMILIES:
-        for name, preset in family.presets.items():
-            if name in out:
-                raise ValueError(f"preset {name!r} of {family.name} is already defined by another family")
-            out[name] = preset
-    return out
-
+from .registry import (EncoderNeed, Family, Preset, Tensors, build_projection, detect, encoder_need, family_of,
+                       get, presets, register, registered, unregister)
 
 # The built-in families, in the order they are asked.
 from . import pending as _pending  # noqa: E402  (FaceID, SD3.5: recognised, not implemented yet)
 from . import sd_unet as _sd_unet  # noqa: E402  (SD1.5 / SDXL base, plus, full face)
 
-__all__ = ["EncoderNeed", "Family", "Preset", "build_projection", "detect", "encoder_need", "family_of", "get",
+__all__ = ["EncoderNeed", "Family", "Preset", "Tensors", "build_projection", "detect", "encoder_need", "family_of", "get",
            "presets", "register", "registered", "unregister"]

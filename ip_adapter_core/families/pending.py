@@ -3,7 +3,7 @@ instead. Each becomes its own module (with detect / build_projection / encoder_n
 from __future__ import annotations
 
 from ..errors import UnsupportedAdapterError
-from . import Family, Tensors, register
+from .registry import Family, Tensors, register
 
 
 def _sd35(image_proj: Tensors, ip_adapter: Tensors) -> bool:

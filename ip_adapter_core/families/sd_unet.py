@@ -7,7 +7,7 @@ import re
 from ..errors import NotAnIPAdapterError
 from ..projection import ImageProj, MLPProj, Resampler
 from ..spec import AdapterSpec
-from . import EncoderNeed, Preset, Tensors, register, Family
+from .registry import EncoderNeed, Family, Preset, Tensors, register
 
 NAME = "sd-unet"
 _SITE_KEY = re.compile(r"^(\d+)\.to_k_ip\.weight$")
