@@ -36,7 +36,7 @@ class LoraTarget:
 
 
 def has_lora(ip_adapter: Mapping[str, torch.Tensor]) -> bool:
-    return any(_KEY.match(k) for k in ip_adapter)
+    return lora_rank(ip_adapter) is not None
 
 
 def lora_rank(ip_adapter: Mapping[str, torch.Tensor]) -> int | None:

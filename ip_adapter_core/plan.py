@@ -23,8 +23,8 @@ from .schedule import WeightSchedule, make_schedule
 from .sites import Site
 from .weighting import check_weight_type, parse_layer_weights, site_weights, swapped_sites
 
-COMPATIBILITY_MODES = ("this pack", "ComfyUI_IPAdapter_plus")
 OLD_PACK = "ComfyUI_IPAdapter_plus"
+COMPATIBILITY_MODES = ("this pack", OLD_PACK)
 
 
 @dataclass(frozen=True)

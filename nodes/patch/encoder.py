@@ -5,7 +5,7 @@ registered for that kind in :data:`STAGES` checks the encoder a node was given, 
 uncond features. :func:`encode` does the rest for every kind: prepare the images, chunk, project, build the uncond
 tokens (reference / black image / negative images) and keep the reference uncond per adapter and encoder, here and
 not on the adapter. ``ImageTokens`` is the one payload every apply node consumes. CLIP vision is the only kind now;
-a face pipeline (FaceID) is one more class with the same three methods.
+a face pipeline (FaceID) is one more class with the same methods.
 """
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ class ClipVisionStage:
 
     def features(self, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor) -> torch.Tensor:
         return encode_images(encoder, images, adapter.spec.encoder_input)
+
+    def black_image(self, adapter: LoadedAdapter, encoder: Any) -> torch.Tensor | None:
+        """The IMAGE whose tokens are the "black image" uncond (the old pack's), or None where that equals the
+        reference uncond: base adapters read image embeds, and the old pack used the zero embedding for them."""
+        if adapter.spec.encoder_input == "image_embeds":
+            return None
+        size = self.image_size(encoder)
+        return torch.zeros(1, size, size, 3)
 
     def zero_features(self, adapter: LoadedAdapter, encoder: Any) -> tuple[torch.Tensor, bool]:
         """The reference uncond's features and whether they depend on the encoder: the zero embedding for base
@@ -92,9 +100,8 @@ def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: 
     cond = project_images(stage, adapter, encoder, images, batch_size, device)
     if negatives is not None:
         negative = project_images(stage, adapter, encoder, negatives, batch_size, device).mean(0, keepdim=True)
-    elif uncond == "black image" and adapter.spec.encoder_input != "image_embeds":
-        size = stage.image_size(encoder)
-        negative = project_images(stage, adapter, encoder, torch.zeros(1, size, size, 3), 0, device)
+    elif uncond == "black image" and (black := stage.black_image(adapter, encoder)) is not None:
+        negative = project_images(stage, adapter, encoder, black, 0, device)
     else:
         negative = reference_uncond(stage, adapter, encoder, device)
     return ImageTokens(cond=cond, uncond=negative, spec=adapter.spec, adapter_id=adapter.adapter_id,

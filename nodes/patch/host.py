@@ -70,21 +70,26 @@ def projection_device(adapter: LoadedAdapter) -> torch.device:
 
 # ---------------------------------------------------------------------------------------------- the diffusion model
 
-def model_sites(model_patcher: Any) -> list[Site]:
-    """Every attn2 site of a UNet, in checkpoint order; [] for models without UNet blocks (DiTs)."""
+def transformer_blocks(model_patcher: Any):
+    """Every BasicTransformerBlock of a UNet's SpatialTransformers: (block, block_id, index, state-dict path, module),
+    in the model's own order; nothing for models without UNet blocks (DiTs)."""
     dm = model_patcher.get_model_object("diffusion_model")
-    groups = [("input", i, b) for i, b in enumerate(getattr(dm, "input_blocks", []))]
+    groups = [("input", i, f"input_blocks.{i}", b) for i, b in enumerate(getattr(dm, "input_blocks", []))]
     if getattr(dm, "middle_block", None) is not None:
-        groups.append(("middle", 0, dm.middle_block))
-    groups += [("output", i, b) for i, b in enumerate(getattr(dm, "output_blocks", []))]
-    sites = []
-    for block, block_id, module in groups:
-        for layer in module:
+        groups.append(("middle", 0, "middle_block", dm.middle_block))
+    groups += [("output", i, f"output_blocks.{i}", b) for i, b in enumerate(getattr(dm, "output_blocks", []))]
+    for block, block_id, name, module in groups:
+        for j, layer in enumerate(module):
             if isinstance(layer, SpatialTransformer):
                 for t, tb in enumerate(layer.transformer_blocks):
-                    if getattr(tb, "attn2", None) is not None:
-                        sites.append(Site(block, block_id, t, int(tb.attn2.to_k.weight.shape[0])))
-    return checkpoint_order(sites)
+                    yield block, block_id, t, f"diffusion_model.{name}.{j}.transformer_blocks.{t}", tb
+
+
+def model_sites(model_patcher: Any) -> list[Site]:
+    """Every attn2 site of a UNet, in checkpoint order; [] for models without UNet blocks (DiTs)."""
+    return checkpoint_order(Site(block, block_id, t, int(tb.attn2.to_k.weight.shape[0]))
+                            for block, block_id, t, _, tb in transformer_blocks(model_patcher)
+                            if getattr(tb, "attn2", None) is not None)
 
 
 def model_context_dim(model_patcher: Any) -> int | None:

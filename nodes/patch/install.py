@@ -1,8 +1,8 @@
 """Installing an apply plan on a model: the one entry point of every apply node, over every patch path.
 
 An apply node reads its inputs and calls :func:`plan_for` (the controls validated once, against the model's sites,
-before any image is encoded), gets its image tokens (encoder.py), and calls :func:`install`, which checks adapter,
-model and tokens together, converts the start/end fractions to sigmas, builds the run (run.py) and hands it to the
+before any image is encoded), gets its image tokens (encoder.py), and calls :func:`install`, which checks that the
+tokens were made by the adapter, converts the start/end fractions to sigmas, builds the run (run.py) and hands it to the
 patch path of the adapter's family (``Family.patch_path``): "attn2" = UNet cross-attention replacement (attn2.py).
 A family whose path is not built here yet (DiT "blocks" for Flux / SD3.5) is refused with what it is.
 :func:`reweight` goes over every path, and over the applies recorded as silent (weight 0 everywhere: no patch).
@@ -18,7 +18,7 @@ from ...ip_adapter_core.errors import IncompatibleError
 from ...ip_adapter_core.plan import ApplyPlan, make_plan
 from . import attn2
 from .host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
-from .run import AdapterRun, run_from_plan
+from .run import AdapterRun
 
 PATHS = {"attn2": attn2}  # Family.patch_path -> the module with install(m, run, sites) and reweight(m, scaled)
 SILENT_RUNS = "ipa_silent_runs"
@@ -53,8 +53,8 @@ def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: Apply
     if len(plan.site_weights) != len(sites):
         raise ValueError(f"{where}: the plan was made for a model with {len(plan.site_weights)} sites, this one has "
                          f"{len(sites)}")
-    run = run_from_plan(adapter, tokens, plan, sigma_start=percent_to_sigma(model, plan.start_at),
-                        sigma_end=percent_to_sigma(model, plan.end_at))
+    run = AdapterRun(adapter, tokens, plan, sigma_start=percent_to_sigma(model, plan.start_at),
+                     sigma_end=percent_to_sigma(model, plan.end_at))
     m = model.clone()
     active = plan.active_sites()
     if not active:

@@ -12,31 +12,10 @@ from typing import Any, Mapping
 
 import torch
 import comfy.lora
-from comfy.ldm.modules.attention import SpatialTransformer
 
 from ...ip_adapter_core.errors import IncompatibleError
 from ...ip_adapter_core.lora import lora_targets
-from .host import model_context_dim, model_sites
-
-_BLOCKS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
-
-
-def block_paths(model: Any) -> dict[tuple[str, int, int], str]:
-    """Site key (block, block_id, index) -> the state-dict path of its transformer block in the model
-    ("diffusion_model.input_blocks.1.1.transformer_blocks.0")."""
-    dm = model.get_model_object("diffusion_model")
-    out = {}
-    for name, module in dm.named_modules():
-        if not isinstance(module, SpatialTransformer):
-            continue
-        parts = name.split(".")
-        block = _BLOCKS.get(parts[0])
-        if block is None:
-            continue
-        block_id = 0 if block == "middle" else int(parts[1])
-        for t in range(len(module.transformer_blocks)):
-            out[(block, block_id, t)] = f"diffusion_model.{name}.transformer_blocks.{t}"
-    return out
+from .host import model_context_dim, model_sites, transformer_blocks
 
 
 def add_lora(m: Any, ip_adapter: Mapping[str, torch.Tensor], strength: float, *, adapter_name: str,
@@ -47,7 +26,7 @@ def add_lora(m: Any, ip_adapter: Mapping[str, torch.Tensor], strength: float, *,
     targets = lora_targets(ip_adapter, sites, model_context_dim(m) or 0, adapter_name=adapter_name, where=where)
     if not targets:
         return 0
-    paths = block_paths(m)
+    paths = {(block, block_id, t): path for block, block_id, t, path, _ in transformer_blocks(m)}
     to_load = {t.prefix: f"{paths[sites[t.site].key]}.{t.attention}.{t.module}.weight" for t in targets}
     patches = comfy.lora.load_lora(dict(ip_adapter), to_load, log_missing=False)
     added = m.add_patches(patches, float(strength))

@@ -20,6 +20,7 @@ A patch path (attn2.py for UNets; a block path for DiTs) calls :meth:`kv`, :meth
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from typing import Any
 
@@ -30,7 +31,7 @@ from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.frames import frame_factors, frame_indices, full_length, pick
 from ...ip_adapter_core.masks import batch_mask, site_mask
 from ...ip_adapter_core.plan import ApplyPlan
-from ...ip_adapter_core.schedule import WeightSchedule, schedule_factor, step_progress
+from ...ip_adapter_core.schedule import schedule_factor, step_progress
 
 _MAX_CACHED_LAYOUTS = 64
 
@@ -38,42 +39,29 @@ _MAX_CACHED_LAYOUTS = 64
 class AdapterRun:
     """One adapter applied to one model. adapter: LoadedAdapter (host.py); tokens: ImageTokens made by it."""
 
-    def __init__(self, adapter: Any, tokens: ImageTokens, *, weight: float, sigma_start: float, sigma_end: float,
-                 full_range: bool, site_weights: tuple[float, ...] | None = None, scaling: str = "V only",
-                 swap_sites: frozenset[int] = frozenset(), mask: torch.Tensor | None = None,
-                 schedule: WeightSchedule = WeightSchedule(), start_at: float = 0.0, end_at: float = 1.0,
-                 unfold: bool = False, frame_weights: tuple[float, ...] | None = None) -> None:
-        """site_weights: the effective weight per site (checkpoint order, ip_adapter_core.weighting), else
-        ``weight`` everywhere; scaling: the embeds_scaling mode; swap_sites: sites with the precise types' swap.
-        All three are folded into the cached K'/V', so a step costs the same whatever they are.
-        mask: (M, H, W) in 0..1 (ip_adapter_core.masks.prepare_mask) or None; resized once per site and latent
-        shape, then one multiply per site and step.
-        schedule: the per-step weight schedule over start_at..end_at (fractions of the run's steps); "constant" =
-        none. It joins the step's gate (see :meth:`gate`).
-        unfold: image i drives latent i (frame i; the last image for later frames) instead of all images sharing one
-        attention on every latent. frame_weights: per-frame factors multiplied into every site's weight (frame i
-        uses entry min(i, len - 1)), None = 1 everywhere."""
+    def __init__(self, adapter: Any, tokens: ImageTokens, plan: ApplyPlan, *, sigma_start: float,
+                 sigma_end: float) -> None:
+        """plan: the apply's validated controls (ip_adapter_core.plan): per-site weights, scaling and the precise
+        types' swapped sites are folded into the cached K'/V', so a step costs the same whatever they are; the mask
+        is resized once per site and latent shape (then one multiply per site and step); the schedule joins the
+        step's gate (see :meth:`gate`); unfold / frame_weights lay the images and factors out per latent.
+        sigma_start / sigma_end: the plan's start/end fractions as the model's sigmas (the host converts them)."""
         self.adapter = adapter
-        self.unfold = bool(unfold)
+        self.plan = plan
         self.images = tokens.cond
         self.cond, self.uncond = concat_images(tokens.cond, tokens.uncond)
-        if self.unfold:
+        if plan.unfold:
             self.uncond = tokens.uncond[:1]
-        self.frame_weights = None if frame_weights is None else tuple(float(f) for f in frame_weights)
-        self.weight = float(weight)
-        self.site_weights = None if site_weights is None else tuple(float(w) for w in site_weights)
-        self.scaling = scaling
-        self.swap_sites = frozenset(swap_sites)
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
-        self.full_range = full_range
-        self.mask = mask
-        self.schedule = schedule
-        self.start_at, self.end_at = float(start_at), float(end_at)
         self._values: dict[torch.device, torch.Tensor] = {}
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
         self._gates: dict[torch.device, tuple] = {}  # device -> (sigmas object, dtype, gate)
         self._lock = threading.Lock()
+
+    @property
+    def weight(self) -> float:
+        return self.plan.weight
 
     def __deepcopy__(self, memo: dict) -> "AdapterRun":
         return self
@@ -81,7 +69,7 @@ class AdapterRun:
     @property
     def per_frame(self) -> bool:
         """True when K'/V' differ per latent (unfold or frame weights), so they depend on the context window."""
-        return self.unfold or self.frame_weights is not None
+        return self.plan.unfold or self.plan.frame_weights is not None
 
     def kv(self, site: int, q: torch.Tensor, heads: int, cond_or_uncond: list[int],
            frames: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,13 +91,13 @@ class AdapterRun:
             if len(self._kv) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                 self._kv = {}
             model = self.adapter.model
-            weight = self.weight if self.site_weights is None else self.site_weights[site]
+            plan = self.plan
             index = frame_indices(frames, per)
-            cond = self.images[list(pick(self.images.shape[0], index))] if self.unfold else self.cond
-            factors = None if self.frame_weights is None else frame_factors(self.frame_weights, index)
-            hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=weight,
+            cond = self.images[list(pick(self.images.shape[0], index))] if plan.unfold else self.cond
+            factors = None if plan.frame_weights is None else frame_factors(plan.frame_weights, index)
+            hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=plan.site_weights[site],
                           cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
-                          scaling=self.scaling, swap=site in self.swap_sites, frame_weights=factors)
+                          scaling=plan.scaling, swap=site in plan.swap_sites, frame_weights=factors)
             self._kv[key] = hit
         return hit
 
@@ -118,13 +106,14 @@ class AdapterRun:
         """None without a mask; else the (B, Nq, 1) multiplier of ``site`` for this latent shape and batch layout,
         the same for cond and uncond chunks, from the cache after the first call. In a context window (``frames``)
         a mask batch as long as the whole video gives latent i the mask of its frame."""
-        if self.mask is None:
+        mask = self.plan.mask
+        if mask is None:
             return None
         shape = extra_options.get("original_shape")
-        latent_hw = tuple(shape[-2:]) if shape is not None and len(shape) >= 4 else tuple(self.mask.shape[-2:])
+        latent_hw = tuple(shape[-2:]) if shape is not None and len(shape) >= 4 else tuple(mask.shape[-2:])
         per = q.shape[0] // len(cond_or_uncond)
         length = None if frames is None else full_length(extra_options.get("ad_params"))
-        window = (frames, length) if length is not None and length == self.mask.shape[0] else None
+        window = (frames, length) if length is not None and length == mask.shape[0] else None
         key = (site, latent_hw, q.shape[1], q.device, q.dtype, per, len(cond_or_uncond), window)
         hit = self._masks.get(key)
         if hit is None:
@@ -133,7 +122,7 @@ class AdapterRun:
                 if hit is None:
                     if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                         self._masks = {}
-                    m = site_mask(self.mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
+                    m = site_mask(mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
                     hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
                                      full_length=length).to(q.dtype)
                     self._masks[key] = hit
@@ -147,16 +136,17 @@ class AdapterRun:
         The schedule needs extra_options["sample_sigmas"] (the run's schedule, set by ComfyUI's samplers) to find the
         step; without it the factor is 1. Without "sigmas" (a caller outside ComfyUI's samplers) the term stays on."""
         sigmas = extra_options.get("sigmas")
-        if sigmas is None or (self.full_range and self.schedule.is_constant):
+        plan = self.plan
+        if sigmas is None or (plan.full_range and plan.schedule.is_constant):
             return None
         slot = self._gates.get(sigmas.device)
         if slot is None or slot[0] is not sigmas or slot[1] != dtype:
-            gate = None if self.full_range else sigma_gate(sigmas, sigma_start=self.sigma_start,
+            gate = None if plan.full_range else sigma_gate(sigmas, sigma_start=self.sigma_start,
                                                            sigma_end=self.sigma_end, dtype=dtype)
             sample_sigmas = extra_options.get("sample_sigmas")
-            if not self.schedule.is_constant and sample_sigmas is not None:
-                progress = step_progress(sigmas, sample_sigmas, start=self.start_at, end=self.end_at)
-                factor = schedule_factor(self.schedule.kind, progress, values=self._values_on(sigmas.device))
+            if not plan.schedule.is_constant and sample_sigmas is not None:
+                progress = step_progress(sigmas, sample_sigmas, start=plan.start_at, end=plan.end_at)
+                factor = schedule_factor(plan.schedule.kind, progress, values=self._values_on(sigmas.device))
                 factor = factor.to(dtype).reshape(1, 1, 1)
                 gate = factor if gate is None else gate * factor
             slot = (sigmas, dtype, gate)
@@ -166,20 +156,20 @@ class AdapterRun:
 
     def _values_on(self, device: torch.device) -> torch.Tensor | None:
         """The custom schedule's values on ``device`` (copied there once), None for the other kinds."""
-        if self.schedule.kind != "custom":
+        if self.plan.schedule.kind != "custom":
             return None
         hit = self._values.get(device)
         if hit is None:
             with self._lock:
-                hit = self._values[device] = torch.tensor(self.schedule.values, dtype=torch.float32, device=device)
+                hit = self._values[device] = torch.tensor(self.plan.schedule.values, dtype=torch.float32, device=device)
         return hit
 
     def reweighted(self, factor: float) -> "AdapterRun":
         """The same run with every weight multiplied by ``factor`` (tokens, adapter, range, mask and schedule shared).
         Its K'/V' cache starts empty, since the weights are folded into K'/V'."""
         run = copy.copy(self)
-        run.weight = self.weight * factor
-        run.site_weights = None if self.site_weights is None else tuple(w * factor for w in self.site_weights)
+        run.plan = dataclasses.replace(self.plan, weight=self.plan.weight * factor,
+                                       site_weights=tuple(w * factor for w in self.plan.site_weights))
         run._kv, run._gates, run._lock = {}, {}, threading.Lock()
         with self._lock:
             run._masks, run._values = dict(self._masks), dict(self._values)
@@ -196,12 +186,3 @@ class AdapterRun:
             self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
             self._values = {k: v for k, v in self._values.items() if k == device}
             self._gates = {k: v for k, v in self._gates.items() if k == device}
-
-
-def run_from_plan(adapter: Any, tokens: ImageTokens, plan: ApplyPlan, *, sigma_start: float,
-                  sigma_end: float) -> AdapterRun:
-    """The run of ``plan`` (ip_adapter_core.plan) with the sigma range the host converted its fractions to."""
-    return AdapterRun(adapter, tokens, weight=plan.weight, sigma_start=sigma_start, sigma_end=sigma_end,
-                      full_range=plan.full_range, site_weights=plan.site_weights, scaling=plan.scaling,
-                      swap_sites=plan.swap_sites, mask=plan.mask, schedule=plan.schedule, start_at=plan.start_at,
-                      end_at=plan.end_at, unfold=plan.unfold, frame_weights=plan.frame_weights)
