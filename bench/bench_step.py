@@ -134,9 +134,9 @@ def build_clip_vision(kind: str, tmp: str) -> tuple[Any, str]:
 
 
 def make_adapters(pack: Any, tmp: str, names: Iterable[str], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
-    """Random adapters in the exact published layout (tests/ipa_testkit.py), saved and loaded like real files."""
-    sys.path.append(os.path.join(REPO, "tests"))
-    import ipa_testkit as kit
+    """Random adapters in the exact published layout (testkit/adapters.py), saved and loaded like real files."""
+    sys.path.append(REPO)
+    import testkit.adapters as kit
 
     out = {}
     for name in names:

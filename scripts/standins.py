@@ -14,7 +14,7 @@ The pictures they produce are noise-like and mean nothing.
     models/ipadapter/ipa_standin_plus_sd15.safetensors    plus adapter (resampler over the 64-wide hidden states)
 
 Files that exist and are listed in the manifest with the current VERSION and the hash of the code that wrote them
-(this script and tests/ipa_testkit.py), with their size and (checkpoint) all three parts, are kept; the rest are
+(this script and testkit/adapters.py), with their size and (checkpoint) all three parts, are kept; the rest are
 (re)generated.
 Usage: python scripts/standins.py [--models-dir DIR] [--comfyui PATH] [--force]
 """
@@ -132,7 +132,7 @@ def _source_stamp() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for path in (os.path.abspath(__file__), os.path.join(REPO, "tests", "ipa_testkit.py")):
+    for path in (os.path.abspath(__file__), os.path.join(REPO, "testkit", "adapters.py")):
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
@@ -316,9 +316,9 @@ def _make_clip_vision(base: str) -> None:
 
 
 def _adapter_file(base: str, rel: str, kind: str, **shape) -> None:
-    sys.path.insert(0, os.path.join(REPO, "tests"))
+    sys.path.insert(0, REPO)
     import torch
-    from ipa_testkit import adapter_parts
+    from testkit.adapters import adapter_parts
 
     image_proj, ip_adapter = adapter_parts(kind, ctx=768, site_dims=SITE_DIMS, seed=SEED + 2, **shape)
     flat = {f"image_proj.{k}": v.to(torch.float16) for k, v in image_proj.items()}

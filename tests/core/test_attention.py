@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ip_adapter_core.attention import add_image_term, batch_for_chunks, concat_images, sigma_gate, site_kv
-from ipa_testkit import AtenLog
+from testkit.aten import AtenLog
 
 ATOL = RTOL = 1e-5
 HIDDEN, HEADS, CTX = 64, 4, 32

@@ -21,7 +21,9 @@ from ip_adapter_core.errors import (
     NotAnIPAdapterError,
     UnsupportedAdapterError,
 )
-from ipa_testkit import AtenLog, adapter_parts, save_adapter
+from testkit.aten import AtenLog
+
+from testkit.adapters import adapter_parts, save_adapter
 
 SITES = (32, 32, 64)  # three cross-attention sites, N = 1, 3, 5
 

@@ -12,7 +12,7 @@ from ip_adapter_core import detect_spec
 from ip_adapter_core.compat import check_encoder, check_model, check_range, prepare_images
 from ip_adapter_core.errors import IncompatibleError, InputError
 from ip_adapter_core.sites import Site
-from ipa_testkit import published
+from testkit.adapters import published
 
 WHERE = "IPA Apply"
 

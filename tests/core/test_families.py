@@ -11,7 +11,7 @@ from ip_adapter_core import detect_spec, families
 from ip_adapter_core.errors import NotAnIPAdapterError, UnsupportedAdapterError
 from ip_adapter_core.projection import CastLinear, IPAdapterModel
 from ip_adapter_core.spec import AdapterSpec
-from ipa_testkit import adapter_parts
+from testkit.adapters import adapter_parts
 
 CTX, ENC, SITES = 32, 24, (16, 16, 8)
 

@@ -16,7 +16,7 @@ import torch
 
 from ip_adapter_core import detect_spec
 from ip_adapter_core.projection import IPAdapterModel
-from ipa_testkit import adapter_parts
+from testkit.adapters import adapter_parts
 
 CTX = 64
 SITES = (32, 32, 32, 64)  # the tiny UNet below: N = 1 down0, 3 and 5 up1, 7 mid (formats reference §6)

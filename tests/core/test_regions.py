@@ -14,7 +14,7 @@ from ip_adapter_core.errors import InputError
 from ip_adapter_core.regions import Region, connected_regions, style_composition_types
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
 from ip_adapter_core.weighting import site_weights
-from ipa_testkit import SD15_T, SDXL_T
+from testkit.adapters import SD15_T, SDXL_T
 
 SD15 = expand_layout(SD15_LAYOUT)
 SDXL = expand_layout(SDXL_LAYOUT)

@@ -17,7 +17,7 @@ import torch
 
 from ip_adapter_core import scan
 from ip_adapter_core.errors import InputError
-from ipa_testkit import SD15_SITES, SDXL_SITES, adapter_parts, published, save_adapter
+from testkit.adapters import SD15_SITES, SDXL_SITES, adapter_parts, published, save_adapter
 
 F16 = 2
 

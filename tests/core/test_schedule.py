@@ -10,7 +10,7 @@ import torch
 from ip_adapter_core.errors import InputError
 from ip_adapter_core.schedule import (SCHEDULES, WeightSchedule, make_schedule, parse_schedule_values,
                                       schedule_factor, step_progress)
-from ipa_testkit import AtenLog
+from testkit.aten import AtenLog
 
 P = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
 

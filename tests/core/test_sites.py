@@ -10,7 +10,7 @@ import torch
 
 from ip_adapter_core import detect_spec
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout, layer_number
-from ipa_testkit import PUBLISHED, published
+from testkit.adapters import PUBLISHED, published
 
 # Appendix A, SD15: N -> (block, id, t), hidden
 SD15_TABLE = {

@@ -10,7 +10,7 @@ import torch
 
 from ip_adapter_core import detect_spec
 from ip_adapter_core.errors import NotAnIPAdapterError, UnsupportedAdapterError
-from ipa_testkit import PUBLISHED, adapter_parts, published
+from testkit.adapters import PUBLISHED, adapter_parts, published
 
 H, G = "CLIP ViT-H", "CLIP ViT-bigG"
 

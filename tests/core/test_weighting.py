@@ -2,7 +2,7 @@
 
 Expectations are written by hand from the incumbent reference (incumbent-and-users.md §1.4 tables, §1.5 formulas),
 keyed by the incumbent's layer index t (SpatialTransformers in execution order input -> middle -> output), through
-the explicit t tables of tests/ipa_testkit.py, not through the code under test. Float comparisons: rel 1e-12 (pure
+the explicit t tables of testkit/adapters.py, not through the code under test. Float comparisons: rel 1e-12 (pure
 Python floats).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ip_adapter_core.errors import InputError
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
 from ip_adapter_core.weighting import (WEIGHT_TYPES, num_transformers, parse_layer_weights, site_weights,
                                        swapped_sites, transformer_indices)
-from ipa_testkit import SD15_T, SDXL_T
+from testkit.adapters import SD15_T, SDXL_T
 
 SD15 = expand_layout(SD15_LAYOUT)
 SDXL = expand_layout(SDXL_LAYOUT)

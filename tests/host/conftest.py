@@ -60,7 +60,7 @@ Session scope:
     (B, 17, hidden). Cached: the same arguments return the same object.
 ``make_adapter_file(directory, kind, model, clip_vision, *, name=None, seed=0, tokens=None, resampler_dim=64,
 resampler_heads=1, depth=4, fmt="safetensors", site_dims=None, ctx=None, dtype=torch.float32)``
-    -> path of a random adapter (published key layout, tests/ipa_testkit.adapter_parts) whose to_k_ip/to_v_ip
+    -> path of a random adapter (published key layout, testkit.adapters.adapter_parts) whose to_k_ip/to_v_ip
     widths match ``model``'s sites (host.model_sites) and context width, and whose projection reads
     ``clip_vision``'s image_embeds (kind "base") or penultimate states ("plus", "full_face"). tokens defaults to
     4 (base) / 8 (plus). ``site_dims`` / ``ctx`` override the model's (for mismatch tests). fmt "bin" writes
@@ -298,7 +298,7 @@ def make_clip_vision(comfy_nodes, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def make_adapter_file(pack_module):
-    import ipa_testkit as kit
+    import testkit.adapters as kit
 
     host = pack_module("nodes.patch.host")
 

@@ -22,7 +22,7 @@ SIZE = 8
 # latents reach ~230, so float rounding alone is ~1e-5 absolute); the wrong image of the pair gives 1.7e-2.
 EFFECT_FRACTION = 3e-3
 
-from ipa_testkit import load_bench  # noqa: E402
+from testkit.bench import load_bench  # noqa: E402
 
 bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -28,7 +28,7 @@ import os
 import pytest
 import torch
 
-from ipa_testkit import load_bench  # noqa: E402
+from testkit.bench import load_bench  # noqa: E402
 
 bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
 

@@ -153,7 +153,7 @@ def test_apply_needs_exactly_one_of_image_and_embeds(errors, run_node, sd15, sd1
 
 
 def test_faceid_file_is_named_as_unsupported(errors, run_node, ipadapter_dir):
-    import ipa_testkit as kit
+    import testkit.adapters as kit
 
     image_proj, ip_adapter = kit.adapter_parts("base", ctx=768, encoder_dim=40, site_dims=(32,) * 7)
     ip_adapter["0.to_q_lora.down.weight"] = torch.zeros(4, 32)

@@ -43,7 +43,7 @@ def toy_family(pack_module):
 
 def test_toy_family_loads_encodes_and_patches(toy_family, ipadapter_dir, sd15, cv, host, run_node, make_image,
                                               sample):
-    import ipa_testkit as kit
+    import testkit.adapters as kit
 
     sites = host.model_sites(sd15)
     ctx, enc = host.model_context_dim(sd15), host.clip_vision_dims(cv).projection

@@ -281,7 +281,7 @@ standins._import_comfy(comfyui)
 import torch
 import comfy.clip_vision
 sys.path.insert(0, os.path.join(standins.REPO, "tests"))
-from ipa_testkit import adapter_parts
+from testkit.adapters import adapter_parts
 from safetensors.torch import save_file
 
 # SD1.5's real block layout (sites input 1,2,4,5,7,8 / middle / output 3..11), 320 channels on every level

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipa_testkit import load_bench  # noqa: E402
+from testkit.bench import load_bench  # noqa: E402
 
 measure = load_bench("measure")  # storage walker only; imports no ComfyUI module
 

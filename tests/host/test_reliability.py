@@ -84,7 +84,7 @@ def models_dir(comfyui_path, tmp_path_factory) -> str:
     """The stand-ins (generated once, cached in .standins/) linked into a scratch models folder, plus the bad files."""
     import torch
     from safetensors.torch import load_file
-    from ipa_testkit import adapter_parts
+    from testkit.adapters import adapter_parts
 
     if not standins.is_fresh():
         subprocess.run([sys.executable, os.path.join(SCRIPTS, "standins.py"), "--comfyui", comfyui_path], check=True,

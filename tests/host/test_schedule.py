@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipa_testkit import load_bench  # noqa: E402
+from testkit.bench import load_bench  # noqa: E402
 
 measure = load_bench("measure")  # measurement tools only; imports no ComfyUI module
 

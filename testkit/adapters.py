@@ -5,14 +5,7 @@ device (for detection tests, no memory); ``adapter_parts(...)`` gives small rand
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.append(ROOT)
 
 SD15_SITES = (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280)
 SDXL_SITES = (640,) * 4 + (1280,) * 20 + (1280,) * 30 + (640,) * 6 + (1280,) * 10
@@ -105,31 +98,6 @@ def save_adapter(path: str, image_proj, ip_adapter, *, fmt: str | None = None) -
     return path
 
 
-class AtenLog:
-    """Records the name of every aten op run while active (tensor allocations included)."""
-
-    def __enter__(self) -> "AtenLog":
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        ops = self.ops = []
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                ops.append(func.name())
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.mode.__exit__(*exc)
-
-    def syncs(self) -> list[str]:
-        """Ops that read a tensor value on the host (.item() and friends)."""
-        return [o for o in self.ops if "_local_scalar_dense" in o]
-
-
 # The incumbent's layer index t of each (block, block_id) SpatialTransformer on the SD1.5 / SDXL reference layouts
 # (incumbent-and-users.md §1.4), written out by hand for the weight-table tests.
 SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("input", 7): 4, ("input", 8): 5,
@@ -137,16 +105,3 @@ SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("
           ("output", 7): 11, ("output", 8): 12, ("output", 9): 13, ("output", 10): 14, ("output", 11): 15}
 SDXL_T = {("input", 4): 0, ("input", 5): 1, ("input", 7): 2, ("input", 8): 3, ("middle", 0): 4, ("output", 0): 5,
           ("output", 1): 6, ("output", 2): 7, ("output", 3): 8, ("output", 4): 9, ("output", 5): 10}
-
-
-def load_bench(name: str):
-    """bench/<name>.py as a module (its measurement tools import no ComfyUI module), loaded once under
-    ``ipa_bench_<name>`` so host tests count the way the benchmark counts."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"ipa_bench_{name}", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", f"{name}.py"))
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
