@@ -40,6 +40,7 @@ class ApplyPlan:
     unfold: bool
     frame_weights: tuple[float, ...] | None
     compatibility: str
+    lora_strength: float = 1.0
 
     @property
     def full_range(self) -> bool:
@@ -70,11 +71,13 @@ def make_plan(sites: Sequence[Site], *, weight: float, start_at: float, end_at: 
               weight_type: str = "linear", embeds_scaling: str = "V only", layer_weights: str = "",
               weight_composition: float = 1.0, attn_mask: torch.Tensor | None = None,
               weight_schedule: str = "constant", schedule_values: str = "", unfold_batch: bool = False,
-              frame_weights: str = "", compatibility: str = "this pack", precise_boost: float = 1.0) -> ApplyPlan:
+              frame_weights: str = "", compatibility: str = "this pack", precise_boost: float = 1.0,
+              lora_strength: float = 1.0) -> ApplyPlan:
     """Validate every control against the model's ``sites`` and fold them into an :class:`ApplyPlan`.
 
     The defaults give ``weight`` on every site with "V only", i.e. IPA Apply. compatibility "ComfyUI_IPAdapter_plus":
-    the middle-block sites get no term, as with the old pack on current ComfyUI."""
+    the middle-block sites get no term, as with the old pack on current ComfyUI. ``lora_strength``: the strength of
+    the LoRA an adapter file carries (FaceID), 1 = the reference; ignored for adapters without one."""
     check_range(start_at, end_at, where=where)
     mask = None if attn_mask is None else prepare_mask(attn_mask, where=where)
     schedule = make_schedule(weight_schedule, schedule_values)
@@ -89,4 +92,5 @@ def make_plan(sites: Sequence[Site], *, weight: float, start_at: float, end_at: 
     return ApplyPlan(weight=float(weight), site_weights=tuple(float(w) for w in weights),
                      swap_sites=frozenset(swapped_sites(weight_type, sites)), scaling=embeds_scaling,
                      start_at=float(start_at), end_at=float(end_at), schedule=schedule, mask=mask,
-                     unfold=bool(unfold_batch), frame_weights=factors, compatibility=compatibility)
+                     unfold=bool(unfold_batch), frame_weights=factors, compatibility=compatibility,
+                     lora_strength=float(lora_strength))

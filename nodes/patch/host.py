@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ class LoadedAdapter:
     """One adapter file, loaded once and shared by every node and model that uses it (payload of IPA_ADAPTER).
 
     patcher: a ModelPatcher over ``model``, so ComfyUI loads and offloads the weights with the UNet.
+    lora: the file's LoRA tensors (FaceID; the file's own tensors, not copies), empty for most adapters.
     """
 
     name: str
@@ -34,6 +35,7 @@ class LoadedAdapter:
     adapter_id: str
     model: IPAdapterModel
     patcher: Any
+    lora: dict = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict) -> "LoadedAdapter":
         return self
@@ -57,7 +59,8 @@ def load_adapter(path: str) -> LoadedAdapter:
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
         adapter = LoadedAdapter(name=name, spec=spec, adapter_id=fingerprint({**parts.image_proj, **parts.ip_adapter}),
-                                model=model, patcher=patcher)
+                                model=model, patcher=patcher,
+                                lora={k: v for k, v in parts.ip_adapter.items() if "_lora." in k})
         _cache[key] = adapter
         return adapter
 

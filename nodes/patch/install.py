@@ -17,6 +17,7 @@ from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import IncompatibleError
 from ...ip_adapter_core.plan import ApplyPlan, make_plan
 from . import attn2
+from .lora import add_adapter_lora
 from .host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
 from .run import AdapterRun
 
@@ -42,11 +43,14 @@ def plan_for(model: Any, adapter: LoadedAdapter, *, where: str, **controls: Any)
     return make_plan(sites, where=where, **controls)
 
 
-def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: ApplyPlan, *, where: str) -> Any:
+def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: ApplyPlan, *, where: str,
+            notes: list[str] | None = None) -> Any:
     """A patched clone of ``model`` (the input is never changed) with ``plan``'s term from ``tokens``; ``plan`` comes
     from :func:`plan_for` on the same model and adapter (so only the tokens are checked here). Sites whose
     term is provably 0 get no patch; an apply that patches no site at all is still recorded under
-    transformer_options[SILENT_RUNS], so IPA Re-weight finds it."""
+    transformer_options[SILENT_RUNS], so IPA Re-weight finds it. An adapter file with a LoRA (FaceID) also gets
+    its LoRA at ``plan.lora_strength`` through ComfyUI's weight patching (once per model, lora.add_adapter_lora);
+    ``notes`` (optional) receives what that did, for the node's text."""
     path = _path(adapter, where)
     sites = model_sites(model)
     tokens.check_fits(adapter.spec, adapter.adapter_id, adapter.name, where=f"{where}, input 'embeds'")
@@ -61,6 +65,9 @@ def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: Apply
         to = m.model_options.setdefault("transformer_options", {})
         to[SILENT_RUNS] = tuple(to.get(SILENT_RUNS, ())) + (run,)
     path.install(m, run, [(i, sites[i].key) for i in active])
+    lora_notes = add_adapter_lora(m, adapter, plan.lora_strength, where=where)
+    if notes is not None:
+        notes.extend(lora_notes)
     return m
 
 

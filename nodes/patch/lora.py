@@ -8,6 +8,7 @@ off again (no weight is copied by this package; the caller's model keeps no patc
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import torch
@@ -35,3 +36,50 @@ def add_lora(m: Any, ip_adapter: Mapping[str, torch.Tensor], strength: float, *,
         raise IncompatibleError(f"{where}: ComfyUI patched {len(added)} of the {len(targets)} LoRA weights of "
                                 f"'{adapter_name}' (not found: {missing}).")
     return len(added)
+
+
+LORAS = "ipa_loras"  # transformer_options: adapter_id -> strength of the adapter LoRAs already on this model
+
+
+def add_adapter_lora(m: Any, adapter: Any, strength: float, *, where: str) -> list[str]:
+    """Add the LoRA of ``adapter`` (a LoadedAdapter whose file carries one: FaceID, FaceID Plus) to the clone ``m``
+    once: a second apply of the same adapter on a model that has it already adds nothing (its strength stays the
+    first one's). Returns notes for the node's text: what was applied, and a warning when the model already carries
+    the same LoRA from elsewhere (the separate ``*_lora.safetensors`` through a LoRA loader: applied twice)."""
+    lora = getattr(adapter, "lora", None)
+    if not lora or strength == 0:
+        return []
+    to = m.model_options.setdefault("transformer_options", {})
+    done = dict(to.get(LORAS, {}))
+    if adapter.adapter_id in done:
+        return [f"LoRA of '{adapter.name}' already on this model (strength {done[adapter.adapter_id]:g}); not added again"]
+    notes = []
+    twice = _loaded_elsewhere(m, lora)
+    if twice:
+        notes.append(f"warning: the model already has this adapter's LoRA ({twice}); it is now applied twice. "
+                     f"Remove the LoRA loader, or set lora_strength to 0.")
+        logging.warning("IP-Adapter: %s: %s", where, notes[-1])
+    count = add_lora(m, lora, strength, adapter_name=adapter.name, where=where)
+    done[adapter.adapter_id] = float(strength)
+    to[LORAS] = done
+    return [f"LoRA of '{adapter.name}' applied at strength {strength:g} ({count} weights)"] + notes
+
+
+def _loaded_elsewhere(m: Any, lora: Mapping[str, torch.Tensor]) -> str | None:
+    """Whether a patch already on ``m`` holds this LoRA's first pair (the same values, any key layout)."""
+    sites = model_sites(m)
+    targets = lora_targets(lora, sites, model_context_dim(m) or 0, adapter_name="", where="")
+    if not targets:
+        return None
+    first = targets[0]
+    paths = {(block, block_id, t): path for block, block_id, t, path, _ in transformer_blocks(m)}
+    weight = f"{paths[sites[first.site].key]}.{first.attention}.{first.module}.weight"
+    down = lora[f"{first.prefix}_lora.down.weight"].float().cpu()
+    for patch in m.patches.get(weight, []):
+        v = patch[1]
+        tensors = getattr(v, "weights", None) or (v[1] if isinstance(v, tuple) and len(v) == 2 else ())
+        for t in tensors if isinstance(tensors, (tuple, list)) else ():
+            if isinstance(t, torch.Tensor) and t.shape == down.shape and torch.allclose(
+                    t.float().cpu(), down, rtol=1e-2, atol=1e-3 * float(down.abs().max())):
+                return f"a LoRA patch on {weight} with the same values"
+    return None
