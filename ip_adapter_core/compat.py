@@ -1,4 +1,5 @@
-"""Checks that adapter, base model, CLIP vision encoder and image input belong together, before sampling starts."""
+"""Checks that adapter, base model, encoders (CLIP vision, face model) and image input belong together, before
+sampling starts."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,7 +28,7 @@ def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | Non
         )
     if context_dim != spec.cross_attention_dim:
         fam = FAMILY_BY_CONTEXT_DIM.get(context_dim)
-        fix = f"; load an {FAMILY_LABEL[fam]} adapter such as {_EXAMPLE_FILE[fam]}" if fam else ""
+        fix = f"; load an {FAMILY_LABEL[fam]} adapter such as {_example(spec, fam, adapter_name)}" if fam else ""
         raise IncompatibleError(
             f"{where}: the adapter '{adapter_name}' is {_family_label(spec.cross_attention_dim)} but the model is "
             f"{_family_label(context_dim)}{fix}."
@@ -40,16 +41,38 @@ def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | Non
         )
 
 
+def _example(spec: AdapterSpec, fam: str, adapter_name: str) -> str:
+    """A published file of the adapter's kind for base model family ``fam`` (a FaceID adapter suggests a FaceID
+    file): from the first of its family's presets that accepts it and names one, those whose words fit the adapter's
+    file name first (plusv2 -> the v2 file), else the standard adapter."""
+    low = adapter_name.lower()
+
+    def misfit(preset: families.Preset) -> bool:
+        return (bool(preset.prefer) and not any(w in low for w in preset.prefer)) or any(w in low for w in preset.avoid)
+
+    fitting = [p for p in families.family_of(spec).presets.values() if p.accepts(spec) and fam in p.examples]
+    fitting.sort(key=misfit)
+    return fitting[0].examples[fam] if fitting else _EXAMPLE_FILE[fam]
+
+
 def _summary(widths: Sequence[int]) -> str:
     return "(widths " + ", ".join(f"{w}x{widths.count(w)}" for w in sorted(set(widths))) + ")"
 
 
-def check_encoder(spec: AdapterSpec, *, hidden: int, projection: int | None, adapter_name: str, where: str) -> None:
-    """The CLIP vision encoder must produce what the adapter's projection reads (its family's encoder need)."""
+def clip_vision_need(spec: AdapterSpec) -> families.EncoderNeed | None:
+    """What the adapter reads from a CLIP vision encoder: its family's encoder need, or that need's second encoder
+    (FaceID Plus: the face crop's penultimate states); None when it reads none (FaceID, portrait)."""
     need = families.encoder_need(spec)
-    if need.kind != "clip_vision":
-        raise IncompatibleError(f"{where}: '{adapter_name}' ({spec.describe()}) reads a {need.kind} encoder, not "
-                                f"CLIP vision.")
+    return need if need.kind == "clip_vision" else need.clip
+
+
+def check_encoder(spec: AdapterSpec, *, hidden: int, projection: int | None, adapter_name: str, where: str) -> None:
+    """The CLIP vision encoder must produce what the adapter's projection reads (its family's encoder need, or the
+    CLIP part of it for FaceID Plus)."""
+    need = clip_vision_need(spec)
+    if need is None:
+        raise IncompatibleError(f"{where}: '{adapter_name}' ({spec.describe()}) reads "
+                                f"{families.encoder_need(spec).label}, not a CLIP vision encoder.")
     found = projection if need.output == "image_embeds" else hidden
     if found != need.width:
         what = "image embeds" if need.output == "image_embeds" else "hidden states"
@@ -58,6 +81,17 @@ def check_encoder(spec: AdapterSpec, *, hidden: int, projection: int | None, ada
             f"'{adapter_name}' ({spec.describe()}) needs {need.width}-wide {what}; load {need.label} "
             f"in the CLIP Vision loader."
         )
+
+
+def check_face_encoder(spec: AdapterSpec, *, width: int, adapter_name: str, where: str) -> None:
+    """The face model must give embeddings as wide as the adapter's projection reads (FaceID: 512)."""
+    need = families.encoder_need(spec)
+    if need.kind != "face":
+        raise IncompatibleError(f"{where}: '{adapter_name}' ({spec.describe()}) reads {need.label}, not a face "
+                                f"model; use a FaceID adapter with a face model.")
+    if width != need.width:
+        raise IncompatibleError(f"{where}: the face model gives {width}-wide embeddings but '{adapter_name}' "
+                                f"({spec.describe()}) reads {need.width}-wide ones; load {need.label}.")
 
 
 def prepare_images(image: torch.Tensor, *, where: str) -> torch.Tensor:

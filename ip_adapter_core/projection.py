@@ -1,4 +1,5 @@
-"""Image projections (base, plus, full face) and the per-site to_k_ip / to_v_ip layers.
+"""Image projections (base, plus, full face) and the per-site to_k_ip / to_v_ip layers (the FaceID projections, built
+from these pieces, are in families/faceid.py).
 
 Modules are built on the meta device and take the loaded tensors by assignment, so a file's weights are held once.
 Their layers cast weights to the input's dtype and device at call time, so one stored copy (usually the file's fp16)
@@ -96,6 +97,25 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out)
 
 
+def perceiver_layers(*, dim: int, heads: int, depth: int) -> nn.ModuleList:
+    """The ``depth`` (attention, feed-forward x4) pairs of a Perceiver resampler, keys ``layers.i.0.*`` / ``layers.i.1.*``."""
+    return nn.ModuleList(
+        nn.ModuleList([
+            PerceiverAttention(dim=dim, heads=heads),
+            nn.Sequential(CastLayerNorm(dim), CastLinear(dim, 4 * dim, bias=False), nn.GELU(), CastLinear(4 * dim, dim, bias=False)),
+        ])
+        for _ in range(depth)
+    )
+
+
+def run_perceiver(layers: nn.ModuleList, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """latents (B, Q, D) after every layer over the projected features x (B, N, D), residuals included."""
+    for attn, ff in layers:
+        latents = attn(x, latents) + latents
+        latents = ff(latents) + latents
+    return latents
+
+
 class Resampler(nn.Module):
     """Plus adapters: Perceiver resampler. x: (B, N, E) penultimate CLIP states -> (B, Q, C)."""
 
@@ -105,21 +125,11 @@ class Resampler(nn.Module):
         self.proj_in = CastLinear(encoder_dim, dim)
         self.proj_out = CastLinear(dim, context_dim)
         self.norm_out = CastLayerNorm(context_dim)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([
-                PerceiverAttention(dim=dim, heads=heads),
-                nn.Sequential(CastLayerNorm(dim), CastLinear(dim, 4 * dim, bias=False), nn.GELU(), CastLinear(4 * dim, dim, bias=False)),
-            ])
-            for _ in range(depth)
-        )
+        self.layers = perceiver_layers(dim=dim, heads=heads, depth=depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         latents = self.latents.to(x).expand(x.shape[0], -1, -1)
-        x = self.proj_in(x)
-        for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
-            latents = ff(latents) + latents
-        return self.norm_out(self.proj_out(latents))
+        return self.norm_out(self.proj_out(run_perceiver(self.layers, self.proj_in(x), latents)))
 
 
 class SiteLayers(nn.Module):
@@ -165,8 +175,9 @@ class IPAdapterModel(nn.Module):
             )
         return model.eval()
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """features: (B, E) image embeds or (B, N, E) penultimate states -> tokens (B, T, C), in features' dtype."""
+    def project(self, features) -> torch.Tensor:
+        """features: (B, E) image embeds or (B, N, E) penultimate states, or the family's own input (FaceID: a
+        ``families.faceid.FaceFeatures``) -> tokens (B, T, C), in the features' dtype."""
         with torch.no_grad():
             return self.image_proj(features)
 

@@ -12,12 +12,13 @@ import math
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
 
 from .checkpoint import file_key, guess_kind, is_safetensors, load_torch_file, split_parts, validate_safetensors_header
+from .compat import clip_vision_need
 from .errors import CorruptFileError, InputError, IPAdapterError
 from . import families
 from .families import Preset
@@ -99,9 +100,12 @@ class EncoderInfo:
         return f"{self.name} (hidden {self.hidden}, {proj}, {self.image_size} px, {self.layers} layers)"
 
     def serves(self, spec: AdapterSpec) -> bool:
-        """True when the encoder gives what the adapter's projection reads (the width is the whole need)."""
-        width = self.projection if spec.encoder_input == "image_embeds" else self.hidden
-        return width == spec.encoder_dim
+        """True when the encoder gives what the adapter's projection reads from CLIP vision (the width is the whole
+        need); False for an adapter that reads no CLIP vision (FaceID, portrait: a face model)."""
+        need = clip_vision_need(spec)
+        if need is None:
+            return False
+        return (self.projection if need.output == "image_embeds" else self.hidden) == need.width
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,9 @@ ENCODER_FILES = {"CLIP ViT-H": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
                  "CLIP ViT-bigG": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"}
 
 # The unified-loader presets are the families' (ip_adapter_core.families); PRESETS is the table at import, with the
-# built-in families, for the node's combo. choose() reads the registry at call time.
-PRESETS = families.presets()
+# built-in families, for the node's combo: the SD image adapters' presets first, in their order (the combo's values
+# before other families came), then the other families' (FaceID), appended. choose() reads the registry at call time.
+PRESETS = {**families.get("sd-unet").presets, **families.presets()}
 
 
 def choice_key(preset: Preset, name: str) -> tuple:
@@ -201,8 +206,11 @@ class Found:
 
 @dataclass(frozen=True)
 class Choice:
+    """encoder: the CLIP vision file, None for an adapter that reads none (FaceID, portrait: their encoder is a face
+    model, which is not in the clip_vision folders)."""
+
     adapter: Found
-    encoder: Found
+    encoder: Found | None
     others: tuple[str, ...] = field(default=())  # other adapter files that fit too
     same_tensors: bool = False  # the choice among ``others`` was made by name: their variants are identical
 
@@ -210,7 +218,8 @@ class Choice:
 def choose(preset_name: str, adapters: Sequence[Found], encoders: Sequence[Found], *,
            fits_model: Callable[[AdapterSpec], str | None], model_label: str, family: str | None,
            adapter_folders: Sequence[str], encoder_folders: Sequence[str], pinned: bool = False) -> Choice:
-    """The adapter + CLIP vision pair for a preset, or InputError listing every file found and what is needed.
+    """The adapter + CLIP vision pair for a preset (encoder None where the adapter reads no CLIP vision), or
+    InputError listing every file found and what is needed.
 
     fits_model(spec) -> None when the adapter fits the model, else a short reason. pinned: the one adapter given is
     taken whatever the preset.
@@ -226,23 +235,29 @@ def choose(preset_name: str, adapters: Sequence[Found], encoders: Sequence[Found
             continue
         why = None if pinned or preset.accepts(spec) else f"not {preset.label}"
         why = why or fits_model(spec)
+        need = clip_vision_need(spec)
         served = sorted((e for e in encoders if e.scan.encoder is not None and e.scan.encoder.serves(spec)),
                         key=lambda e: choice_key(table["any"], e.name))
-        if why is None and not served:
-            what = "image embeds" if spec.encoder_input == "image_embeds" else "hidden states"
-            why = f"no CLIP vision file gives its {spec.encoder_dim}-wide {what} ({spec.encoder_name})"
+        if why is None and need is not None and not served:
+            what = "image embeds" if need.output == "image_embeds" else "hidden states"
+            why = f"no CLIP vision file gives its {need.width}-wide {what} ({need.label})"
         if why is None:
-            fitting.append((a, served[0]))
+            fitting.append((a, served[0] if need is not None else None))
         else:
             notes[i] = f"{spec.describe()}: {why}"
     if fitting:
         fitting.sort(key=lambda pair: choice_key(preset, pair[0].name))
         best = fitting[0]
         others = tuple(a.name for a, _ in fitting[1:])
-        same = any(a.scan.spec == best[0].scan.spec for a, _ in fitting[1:])
+        same = any(_tensors(a.scan.spec) == _tensors(best[0].scan.spec) for a, _ in fitting[1:])
         return Choice(adapter=best[0], encoder=best[1], others=others, same_tensors=same)
     raise InputError(_nothing_fits(preset_name, preset, adapters, encoders, notes, model_label, family,
                                    adapter_folders, encoder_folders, pinned))
+
+
+def _tensors(spec: AdapterSpec) -> AdapterSpec:
+    """The spec without what the file name gave (FaceID Plus v1 / v2): what the tensors alone say."""
+    return replace(spec, plus_version=None)
 
 
 def _listing(kind: str, folders: Sequence[str], found: Sequence[Found], text: Callable[[int, Found], str]) -> str:
@@ -268,9 +283,11 @@ def _nothing_fits(preset_name: str, preset: Preset, adapters: Sequence[Found], e
     fam = FAMILY_LABEL.get(family or "", model_label)
     if pinned:
         need = "Choose ipadapter_file 'auto' or a file listed above that fits."
-    elif example:
+    elif example and preset.encoder in ENCODER_FILES:
         need = (f"Needed: {preset.label} for {fam}, e.g. put {example} in {a_dir}, and its encoder {preset.encoder} "
                 f"(e.g. put {ENCODER_FILES[preset.encoder]} in {e_dir}).")
+    elif example:  # an encoder that is no clip_vision file (FaceID: a face model)
+        need = f"Needed: {preset.label} for {fam}, e.g. put {example} in {a_dir}; it reads {preset.encoder}."
     else:
         need = f"Needed: {preset.label} for {fam}; none is published for {fam}, choose another preset."
     return "\n".join((head + ".", adapter_list, encoder_list, need))

@@ -1,4 +1,5 @@
-"""What an adapter file is, decided from tensor names and shapes only (never from the file name)."""
+"""What an adapter file is, decided from tensor names and shapes only (never from the file name, but for the one
+fact tensors cannot give: FaceID Plus v1 or v2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,17 +9,27 @@ import torch
 
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 2048: "sdxl"}
 FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL"}
-KIND_LABEL = {"base": "Base", "plus": "Plus", "full_face": "Full face"}
+KIND_LABEL = {"base": "Base", "plus": "Plus", "full_face": "Full face", "faceid": "FaceID", "faceid_plus": "FaceID Plus",
+              "portrait": "FaceID Portrait", "portrait_unnorm": "FaceID Portrait (unnormalised face embedding)"}
+# Kinds whose tokens are per face: n faces give n * num_tokens tokens, concatenated (families/faceid.concat_faces).
+PER_FACE_KINDS = frozenset({"portrait", "portrait_unnorm"})
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
     """Everything the rest of the package needs to know about one adapter file.
 
-    kind: "base" (Linear+LayerNorm, 4 tokens), "plus" (Perceiver resampler), "full_face" (MLP over all ViT tokens).
-    encoder_input: which CLIP vision output the projection reads: "image_embeds" [B, E] or "penultimate" [B, N, E].
+    kind: "base" (Linear+LayerNorm, 4 tokens), "plus" (Perceiver resampler), "full_face" (MLP over all ViT tokens);
+    FaceID (adapter_family "faceid"): "faceid" (MLP over the face embedding), "faceid_plus" (MLP + face Perceiver
+    over CLIP states), "portrait" (MLP, tokens per face), "portrait_unnorm" (Resampler over the raw face embedding).
+    encoder_input: which encoder output the projection reads: CLIP vision "image_embeds" [B, E] or "penultimate"
+    [B, N, E]; a face model's "face_normed" (L2-normalised) or "face_raw" embedding [B, E].
     site_dims: output width of to_k_ip/to_v_ip per cross-attention site, in checkpoint order N = 1, 3, 5, ...
-    num_tokens: image tokens per image; None for full face, whose count equals the encoder's token count.
+    num_tokens: image tokens per image (per face for PER_FACE_KINDS); None for full face, whose count equals the
+    encoder's token count.
+    clip_dim: the CLIP penultimate width a FaceID Plus projection also reads (1280, ViT-H); None otherwise.
+    lora_rank: rank of the LoRA the file carries (FaceID, FaceID Plus); None without one.
+    plus_version: "v1" / "v2" for FaceID Plus, whose versions have the same tensors: taken from the file name.
     """
 
     kind: str
@@ -31,6 +42,9 @@ class AdapterSpec:
     resampler_heads: int | None = None
     resampler_depth: int | None = None
     adapter_family: str = "sd-unet"
+    clip_dim: int | None = None
+    lora_rank: int | None = None
+    plus_version: str | None = None
 
     @property
     def family(self) -> str:
@@ -49,19 +63,27 @@ class AdapterSpec:
         return encoder_need(self).label
 
     def describe(self) -> str:
-        """One line for the UI and for errors: "Plus, SDXL, 16 tokens, needs CLIP ViT-H"."""
+        """One line for the UI and for errors: "Plus, SDXL, 16 tokens, needs CLIP ViT-H"; "FaceID Plus v2 (assumed
+        from the file name: v1 and v2 have the same tensors), SDXL, 4 tokens, LoRA rank 128, needs ..."."""
+        kind = KIND_LABEL.get(self.kind, self.kind)
+        if self.plus_version:
+            kind += f" {self.plus_version} (assumed from the file name: v1 and v2 have the same tensors)"
         tokens = f"{self.num_tokens} tokens" if self.num_tokens else "one token per ViT patch"
+        if self.num_tokens and self.kind in PER_FACE_KINDS:
+            tokens += " per face"
         family = FAMILY_LABEL.get(self.family, f"context width {self.cross_attention_dim}")
-        return f"{KIND_LABEL.get(self.kind, self.kind)}, {family}, {tokens}, needs {self.encoder_name}"
+        lora = f", LoRA rank {self.lora_rank}" if self.lora_rank else ""
+        return f"{kind}, {family}, {tokens}{lora}, needs {self.encoder_name}"
 
 
 def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str, torch.Tensor], *, name: str = "the file") -> AdapterSpec:
     """Identify the variant from key names and shapes, through the family registry (ip_adapter_core.families).
 
     image_proj / ip_adapter: the two parts of the file, keys without their part prefix.
-    Raises UnsupportedAdapterError for known families this package does not implement (FaceID, SD3.5; XLabs Flux
-    files are told apart earlier, by their top-level keys, in checkpoint.split_parts) and NotAnIPAdapterError for
-    anything else that does not fit, naming the families tried.
+    ``name`` appears in messages; one family reads one fact from it: FaceID Plus v1 / v2, whose tensors are identical.
+    Raises UnsupportedAdapterError for known families this package does not implement (Kolors FaceID, SD3.5; XLabs
+    Flux files are told apart earlier, by their top-level keys, in checkpoint.split_parts) and NotAnIPAdapterError
+    for anything else that does not fit, naming the families tried.
     """
     from .families.registry import detect
 

@@ -8,12 +8,12 @@ A family is data plus functions, all of them pure torch:
 - ``patch_path``: how the host layer patches a model for it ("attn2": UNet cross-attention replacement;
   "blocks": DiT block patches, for Flux / SD3.5);
 - ``presets``: its unified-loader presets.
-Families that are recognised but not implemented yet (FaceID, SD3.5) register with ``implemented=False``: their
-``detect`` raises UnsupportedAdapterError with what to use instead, so a user is told what the file is.
+Families that are recognised but not implemented yet (SD3.5, Kolors FaceID) register with ``implemented=False``:
+their ``detect`` raises UnsupportedAdapterError with what to use instead, so a user is told what the file is.
 
-:func:`detect` asks the families in registration order (the unimplemented ones' signatures first, since they are
-narrower) and fails, for a file none claims, with the list of families that were tried. New families come in as one
-module here plus one module per host layer; nothing else in core changes.
+:func:`detect` asks the families in registration order (the unimplemented ones' signatures first, then FaceID, each
+narrower than the next) and fails, for a file none claims, with the list of families that were tried. New families
+come in as one module here plus one module per host layer; nothing else in core changes.
 """
 from __future__ import annotations
 
@@ -21,8 +21,13 @@ from .registry import (EncoderNeed, Family, Preset, Tensors, build_projection, d
                        get, presets, register, registered, unregister)
 
 # The built-in families, in the order they are asked.
-from . import pending as _pending  # noqa: E402  (FaceID, SD3.5: recognised, not implemented yet)
+from . import pending as _pending  # noqa: E402  (SD3.5, Kolors FaceID: recognised, not implemented yet)
+from . import faceid as _faceid  # noqa: E402  (FaceID, FaceID Plus, portrait: their files have to_k_ip keys too)
 from . import sd_unet as _sd_unet  # noqa: E402  (SD1.5 / SDXL base, plus, full face)
+BUILT_IN = (_pending, _faceid, _sd_unet)  # the modules that registered the built-in families, in the order asked
 
-__all__ = ["EncoderNeed", "Family", "Preset", "Tensors", "build_projection", "detect", "encoder_need", "family_of", "get",
-           "presets", "register", "registered", "unregister"]
+from .faceid import FaceFeatures, concat_faces, face_features, zero_features  # noqa: E402
+
+__all__ = ["EncoderNeed", "FaceFeatures", "Family", "Preset", "Tensors", "build_projection", "concat_faces", "detect",
+           "encoder_need", "face_features", "family_of", "get", "presets", "register", "registered", "unregister",
+           "zero_features"]

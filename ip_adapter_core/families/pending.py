@@ -5,18 +5,18 @@ from __future__ import annotations
 from ..errors import UnsupportedAdapterError
 from .registry import Family, Tensors, register
 
+KOLORS_WIDTH = 4096  # Kolors FaceID's id tokens live in the ChatGLM text space, before the UNet's 4096 -> 2048 projection
+
 
 def _sd35(image_proj: Tensors, ip_adapter: Tensors) -> bool:
     return "time_embedding.linear_1.weight" in image_proj or any(".norm_ip." in k for k in ip_adapter)
 
 
-def _faceid(image_proj: Tensors, ip_adapter: Tensors) -> bool:
-    p = image_proj
-    lora = "0.to_q_lora.down.weight" in ip_adapter or "perceiver_resampler.proj_in.weight" in p
-    mlp = "norm.weight" in p and "proj.2.weight" in p and "proj.weight" not in p and "proj.3.weight" not in p
-    proj_in = p.get("proj_in.weight")
-    unnorm = "latents" in p and proj_in is not None and proj_in.dim() == 2 and proj_in.shape[1] == 512
-    return lora or mlp or unnorm
+def _kolors_faceid(image_proj: Tensors, ip_adapter: Tensors) -> bool:
+    """A FaceID Plus layout (perceiver_resampler) whose perceiver or id tokens are 4096 wide."""
+    proj_in, norm = image_proj.get("perceiver_resampler.proj_in.weight"), image_proj.get("norm.weight")
+    widths = {int(t.shape[0]) for t in (proj_in, norm) if t is not None and t.dim() >= 1}
+    return proj_in is not None and KOLORS_WIDTH in widths
 
 
 def _refuse(message: str):
@@ -29,7 +29,9 @@ def _refuse(message: str):
 register(Family(name="sd35", label="InstantX SD3.5 adapters (not supported yet)", claims=_sd35,
                 detect=_refuse("{name} is the InstantX SD3.5 IP-Adapter; SD3.5 is not supported yet."),
                 patch_path="blocks", implemented=False))
-register(Family(name="faceid", label="FaceID adapters (not supported yet)", claims=_faceid,
-                detect=_refuse("{name} is an IP-Adapter FaceID / portrait model (it needs insightface face "
-                               "embeddings); FaceID is not supported yet. Use a standard, plus or full-face adapter."),
+register(Family(name="kolors-faceid", label="Kolors FaceID adapters (not supported yet)", claims=_kolors_faceid,
+                detect=_refuse("{name} is the Kwai-Kolors FaceID Plus IP-Adapter (its face tokens are 4096 wide, in "
+                               "Kolors' ChatGLM text space, and need the Kolors UNet's text projection); Kolors "
+                               "FaceID is not supported yet. For SD1.5 / SDXL use an h94 FaceID adapter such as "
+                               "ip-adapter-faceid-plusv2_sdxl.bin."),
                 implemented=False))

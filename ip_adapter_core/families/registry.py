@@ -21,14 +21,16 @@ Tensors = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class EncoderNeed:
-    """What the encoder stage must give a family's projection: the encoder ``kind`` ("clip_vision"; a face pipeline
-    will be "face"), which ``output`` of it ("image_embeds" (B, E) or "penultimate" (B, N, E)), its ``width`` E, and
-    ``label``, the encoder to name in messages ("CLIP ViT-H")."""
+    """What the encoder stage must give a family's projection: the encoder ``kind`` ("clip_vision" or "face"), which
+    ``output`` of it (CLIP vision: "image_embeds" (B, E) or "penultimate" (B, N, E); face: "normed" or "raw" (B, E)),
+    its ``width`` E, and ``label``, the encoder to name in messages ("CLIP ViT-H"). ``clip``: a second encoder the
+    projection also reads (FaceID Plus: the CLIP vision penultimate states of the aligned face), None for most."""
 
     kind: str
     output: str
     width: int
     label: str
+    clip: "EncoderNeed | None" = None
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,10 @@ def toy_parts(seed=0):
 
 def test_built_in_families_and_their_order():
     names = [f.name for f in families.registered()]
-    assert names == ["sd35", "faceid", "sd-unet"], names  # narrower signatures before the SD image adapters
-    assert [f.implemented for f in families.registered()] == [False, False, True]
+    assert names == ["sd35", "kolors-faceid", "faceid", "sd-unet"], names  # narrower signatures first
+    assert [f.implemented for f in families.registered()] == [False, False, True, True]
     assert families.get("sd-unet").patch_path == "attn2" and families.get("sd35").patch_path == "blocks"
+    assert families.get("faceid").patch_path == "attn2"
 
 
 def test_a_toy_family_is_detected_builds_and_loads_without_touching_the_package(toy):

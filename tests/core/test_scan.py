@@ -300,4 +300,6 @@ def test_any_takes_the_only_fitting_file_and_pinned_ignores_the_preset():
 
 
 def test_presets_are_the_public_combo():
-    assert list(scan.PRESETS) == ["standard", "light", "vit-G", "plus", "plus face", "full face", "composition", "any"]
+    # the SD image adapters' presets keep their places; the FaceID family's are appended
+    assert list(scan.PRESETS) == ["standard", "light", "vit-G", "plus", "plus face", "full face", "composition", "any",
+                                  "faceid", "faceid plus", "faceid plus v2", "faceid portrait", "faceid portrait unnorm"]

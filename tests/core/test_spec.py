@@ -116,7 +116,8 @@ def test_kolors_plus_heads_come_from_shapes_not_family():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FaceID family: built here from the §1 shapes (meta tensors). Known, but not supported -> UnsupportedAdapterError.
+# FaceID family: built here from the §1 shapes (meta tensors), independently of testkit.faceid_adapters, and
+# detected as the FaceID family (no longer refused). Full coverage: tests/core/test_faceid_family.py.
 
 def _m(*shape):
     return torch.empty(shape, device="meta", dtype=torch.float16)
@@ -182,20 +183,43 @@ def _faceid_layouts():
     }
 
 
+# name -> kind, family, tokens, encoder_input, clip_dim, lora_rank, plus_version, resampler (dim, heads, depth);
+# by hand from the §1 table (v2 from the file name: the tensors of v1 and v2 are identical).
+FACEID_EXPECTED = {
+    "faceid_sd15": ("faceid", "sd15", 4, "face_normed", None, 128, None, None),
+    "faceid_sdxl": ("faceid", "sdxl", 4, "face_normed", None, 128, None, None),
+    "faceid-plusv2_sd15": ("faceid_plus", "sd15", 4, "face_normed", 1280, 128, "v2", (768, 12, 4)),
+    "faceid-plusv2_sdxl": ("faceid_plus", "sdxl", 4, "face_normed", 1280, 128, "v2", (2048, 32, 4)),
+    "portrait_sd15": ("portrait", "sd15", 16, "face_normed", None, None, None, None),
+    "portrait_sdxl": ("portrait", "sdxl", 16, "face_normed", None, None, None, None),
+    "portrait_sdxl_unnorm": ("portrait_unnorm", "sdxl", 16, "face_raw", None, None, None, (1280, 20, 4)),
+}
+
+
 @pytest.mark.parametrize("name", sorted(_faceid_layouts()))
-def test_faceid_family_is_unsupported_not_misdetected(name):
+def test_faceid_family_is_detected_not_misdetected(name):
     p, ip = _faceid_layouts()[name]
-    with pytest.raises(UnsupportedAdapterError) as e:
-        detect_spec(p, ip, name=f"'{name}.bin'")
-    assert "faceid" in str(e.value).lower()
+    spec = detect_spec(p, ip, name=f"'{name}.bin'")
+    kind, family, tokens, enc_in, clip_dim, rank, version, resampler = FACEID_EXPECTED[name]
+    assert spec.adapter_family == "faceid"
+    assert (spec.kind, spec.family, spec.num_tokens, spec.encoder_input, spec.encoder_dim) == (
+        kind, family, tokens, enc_in, 512)
+    assert (spec.clip_dim, spec.lora_rank, spec.plus_version) == (clip_dim, rank, version)
+    if resampler is not None:
+        assert (spec.resampler_dim, spec.resampler_heads, spec.resampler_depth) == resampler
+    assert spec.site_dims == (SD15_SITE_DIMS if family == "sd15" else SDXL_SITE_DIMS)
+    assert "face model" in spec.describe()
 
 
-def test_faceid_lora_alone_makes_it_faceid():
-    # The LoRA key is the FaceID signature even when the projection would otherwise pass as something else.
+def test_faceid_lora_with_a_base_projection_is_named_not_misdetected():
+    # The LoRA key is the FaceID signature even when the projection would otherwise pass as something else: such a
+    # file is neither a base adapter nor a FaceID one, and the message says so.
     p, ip = published("ip-adapter_sd15")
     ip = {**ip, **_lora(768, SD15_SITE_DIMS)}
-    with pytest.raises(UnsupportedAdapterError):
-        detect_spec(p, ip)
+    with pytest.raises(NotAnIPAdapterError) as e:
+        detect_spec(p, ip, name="'odd.bin'")
+    assert not isinstance(e.value, UnsupportedAdapterError)
+    assert "FaceID LoRA keys" in str(e.value) and "'odd.bin'" in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,7 +292,7 @@ def _sd35_instantx():
 
 def test_sd35_instantx_is_reported_as_unsupported():
     # detect_spec's docstring: "Raises UnsupportedAdapterError for known families this package does not implement
-    # (FaceID, XLabs Flux, SD3.5)". The user should learn it is an SD3.5 adapter, not that the file is broken.
+    # (Kolors FaceID, XLabs Flux, SD3.5)". The user should learn it is an SD3.5 adapter, not that the file is broken.
     with pytest.raises(UnsupportedAdapterError) as e:
         detect_spec(*_sd35_instantx(), name="'ip-adapter.bin'")
     assert "sd3" in str(e.value).lower()
