@@ -45,7 +45,7 @@ __all__ = ["FaceFeatures", "FaceIDMLP", "FacePerceiverResampler", "ProjPlus", "F
 
 # ---------------------------------------------------------------------------------------------- the input
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value; identity is what a cache may key on
 class FaceFeatures:
     """What a FaceID projection reads, one row per face.
 

@@ -351,3 +351,15 @@ def test_faceid_presets():
             assert preset.accepts(spec_of(stem)) == (EXPECTED[stem][0] == kind), (name, stem)
     for name in ("standard", "plus", "plus face", "full face", "any"):
         assert not any(table[name].accepts(spec_of(stem)) for stem in EXPECTED), name
+
+
+def test_a_faceid_spec_round_trips_through_the_embeds_file():
+    # IPA_EMBEDS files keep the AdapterSpec fields as JSON; the new optional fields go with them
+    from ip_adapter_core.embeds import ImageTokens
+    from ip_adapter_core.embeds_io import from_safetensors_dict, to_safetensors_dict
+
+    spec = spec_of("ip-adapter-faceid-plusv2_sd15")
+    tokens = ImageTokens(cond=torch.zeros(1, 4, 768), uncond=torch.zeros(1, 4, 768), spec=spec, adapter_id="a",
+                         adapter_name="ip-adapter-faceid-plusv2_sd15.bin")
+    back = from_safetensors_dict(*to_safetensors_dict(tokens), name="f.safetensors")
+    assert back.spec == spec and (back.spec.plus_version, back.spec.lora_rank, back.spec.clip_dim) == ("v2", 128, 1280)
