@@ -38,14 +38,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def median_ms(fn, rounds: int) -> float:
-    fn()  # warm: the first call builds caches (and, in insightface 2.1, a session per det size)
-    times = []
+def median_ms(*fns, rounds: int) -> list[float]:
+    """Median wall time of each function in ms, the functions alternated call by call (so a busy machine slows
+    them alike and the ratios hold)."""
+    for fn in fns:
+        fn()  # warm: the first call builds caches (and, in insightface 2.1, a session per det size)
+    times = [[] for _ in fns]
     for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) * 1000 for ts in times]
 
 
 def blob_scene(n_faces: int, det_size: int):
@@ -116,15 +120,17 @@ def main() -> None:
             for f in (fs if which == "all" else fs[:1]):
                 pipe.embedding(img, f)
 
-        t_ours = median_ms(ours, args.rounds)
-        t_det = median_ms(lambda: pipe.detect(img, det_sizes=(size,)), args.rounds)
+        def detect_only():
+            pipe.detect(img, det_sizes=(size,))
+
         t_theirs = ratio = ""
         if kind in apps:
             app = apps[kind]
             app.prepare(ctx_id=-1, det_size=(size, size))
             bgr = np.ascontiguousarray(img[..., ::-1])
             if which == "all":
-                t = median_ms(lambda: app.get(bgr), args.rounds)
+                def theirs():
+                    app.get(bgr)
             else:  # insightface embeds every face; the fair pair is its detector + one recognition call
                 rec = app.models["recognition"]
                 from insightface.app.common import Face
@@ -133,8 +139,10 @@ def main() -> None:
                     det, kps = app.det_model.detect(bgr, input_size=(size, size))
                     rec.get(bgr, Face(bbox=det[0, :4], kps=kps[0], det_score=det[0, 4]))
 
-                t = median_ms(theirs, args.rounds)
+            t_ours, t_det, t = median_ms(ours, detect_only, theirs, rounds=args.rounds)
             t_theirs, ratio = f"{t:.2f}", f"{t_ours / t:.2f}"
+        else:
+            t_ours, t_det = median_ms(ours, detect_only, rounds=args.rounds)
         print(f"{label:28} {size:>4} {len(faces):>6} {t_ours:>9.2f} {t_det:>10.2f} {t_theirs:>15} {ratio:>6}")
 
     memory(args.memory_mb, tmp, app_cls)
