@@ -3,6 +3,7 @@ from .apply import IPAApply, IPAApplyAdvanced, IPAApplySimple
 from .combine import IPACombineEmbeds
 from .embeds_file import IPALoadEmbeds, IPASaveEmbeds
 from .encode import IPAEncode
+from .face import IPAApplyFaceID, IPAEncodeFace, IPAFaceModelLoader
 from .folders import register_folder
 from .loader import IPAModelLoader
 from .noise import IPANoiseImage
@@ -29,6 +30,9 @@ _NODES = {
     "IPA_StyleComposition": IPAStyleComposition,
     "IPA_RegionalApply": IPARegionalApply,
     "IPA_UnifiedLoader": IPAUnifiedLoader,
+    "IPA_FaceModelLoader": IPAFaceModelLoader,
+    "IPA_EncodeFace": IPAEncodeFace,
+    "IPA_ApplyFaceID": IPAApplyFaceID,
 }
 
 # Names users search the node library for (ComfyUI 0.33 serves them as object_info "search_aliases"; older
@@ -49,6 +53,9 @@ _SEARCH_ALIASES = {
     "IPA_StyleComposition": ["IPAdapterStyleComposition"],
     "IPA_RegionalApply": ["IPAdapterRegionalConditioning"],
     "IPA_UnifiedLoader": ["IPAdapterUnifiedLoader"],
+    "IPA_FaceModelLoader": ["IPAdapterInsightFaceLoader", "insightface", "faceid"],
+    "IPA_EncodeFace": ["IPAdapterFaceID", "faceid"],
+    "IPA_ApplyFaceID": ["IPAdapterFaceID", "IPAAdapterFaceIDBatch", "faceid"],
 }
 for _node_id, _cls in _NODES.items():
     _cls.SEARCH_ALIASES = _SEARCH_ALIASES[_node_id] + ["ipadapter", "ip-adapter"]

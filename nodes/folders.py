@@ -7,6 +7,7 @@ import folder_paths
 
 CLIP_FOLDER = "clip_vision"
 FOLDER = "ipadapter"
+FACE_FOLDER = "insightface"  # face models (FaceID): the old pack keeps them in models/insightface/models/<name>/
 
 
 def register_folder() -> None:
@@ -18,6 +19,29 @@ def register_folder() -> None:
     else:
         paths = [folder_paths.os.path.join(folder_paths.models_dir, FOLDER)]
     folder_paths.folder_names_and_paths[FOLDER] = (paths, folder_paths.supported_pt_extensions)
+    face_paths, face_ext = folder_paths.folder_names_and_paths.get(FACE_FOLDER, ([], set()))
+    default = os.path.join(folder_paths.models_dir, FACE_FOLDER)
+    folder_paths.folder_names_and_paths[FACE_FOLDER] = (
+        list(face_paths) + ([default] if default not in face_paths else []), set(face_ext) | {".onnx"})
+
+
+def face_model_names() -> list[str]:
+    """The face model sets (buffalo_l first, antelopev2, then any other folder of .onnx files) in the insightface
+    folders: <folder>/models/<name>/ (the old pack's layout) or <folder>/<name>/."""
+    names = {"buffalo_l", "antelopev2"}
+    for folder in face_folders():
+        for base in (os.path.join(folder, "models"), folder):
+            if os.path.isdir(base):
+                for name in os.listdir(base):
+                    sub = os.path.join(base, name)
+                    if os.path.isdir(sub) and any(f.endswith(".onnx") for f in os.listdir(sub)):
+                        names.add(name)
+    return ["buffalo_l", "antelopev2"] + sorted(names - {"buffalo_l", "antelopev2"})
+
+
+def face_folders() -> list[str]:
+    """Every insightface folder: models/insightface and those another pack or extra_model_paths.yaml added."""
+    return list(folder_paths.get_folder_paths(FACE_FOLDER)) if FACE_FOLDER in folder_paths.folder_names_and_paths else []
 
 
 EMBEDS_FOLDER = "ipadapter_embeds"

@@ -76,7 +76,8 @@ class IPAUnifiedLoader:
     RETURN_NAMES = ("model", "ipadapter", "clip_vision")
     OUTPUT_TOOLTIPS = ("The input model, unchanged (passed through so old workflows keep their wiring).",
                        "The chosen adapter, loaded once per file and shared.",
-                       "The CLIP vision encoder that adapter needs.")
+                       "The CLIP vision encoder that adapter needs (none for FaceID / portrait adapters, which read "
+                       "a face model instead).")
     FUNCTION = "load"
     DESCRIPTION = ("Finds an IP-Adapter that fits the connected model and the CLIP vision encoder it needs, from what "
                    "the files contain (tensor headers), never from their names. Shows what it loaded; when nothing "
@@ -90,8 +91,10 @@ class IPAUnifiedLoader:
                 "preset": (list(PRESETS), {
                     "default": "standard",
                     "tooltip": "Which kind of adapter: standard (base, ViT-H), light (SD1.5), vit-G (base, ViT-bigG), "
-                               "plus, plus face, full face (SD1.5), composition, or any (whatever fits). Files are "
-                               "recognised by their tensors; the help page says how ties are broken."}),
+                               "plus, plus face, full face (SD1.5), composition, or any (whatever fits); FaceID, "
+                               "FaceID Plus (v1, SD1.5), FaceID Plus v2, FaceID portrait, FaceID portrait unnorm "
+                               "(SDXL): these need 'IPA Load Face Models' too, and only Plus gets a CLIP vision. "
+                               "Files are recognised by their tensors; the help page says how ties are broken."}),
             },
             "optional": {
                 "ipadapter_file": ([AUTO] + folder_paths.get_filename_list(FOLDER), {
@@ -137,15 +140,20 @@ class IPAUnifiedLoader:
                         adapter_folders=folder_paths.get_folder_paths(FOLDER),
                         encoder_folders=folder_paths.get_folder_paths(CLIP_FOLDER))
         adapter = load_adapter(choice.adapter.path)
-        clip_vision = load_clip_vision(choice.encoder.path)
-        encoder = choice.encoder.scan.encoder
-        text = [f"{adapter.spec.describe()} — {choice.adapter.name} + {choice.encoder.name} ({encoder.name})"]
+        if choice.encoder is None:  # FaceID / portrait: no CLIP vision, a face model instead
+            clip_vision = None
+            text = [f"{adapter.spec.describe()} — {choice.adapter.name}; no CLIP vision needed: connect "
+                    f"'IPA Load Face Models' to the FaceID nodes."]
+        else:
+            clip_vision = load_clip_vision(choice.encoder.path)
+            encoder = choice.encoder.scan.encoder
+            text = [f"{adapter.spec.describe()} — {choice.adapter.name} + {choice.encoder.name} ({encoder.name})"]
         words = PRESETS[preset].prefer
         if pinned:
             text.append("ipadapter_file pinned: the preset was not used.")
         elif words and not any(w in choice.adapter.name.lower() for w in words):
-            text.append(f"Note: '{preset}' adapters have the same tensors as other kinds and no fitting file's name "
-                        f"says '{words[0]}', so this may be another kind with the same layout.")
+            text.append(f"Note: '{preset}' adapters have the same tensors as other kinds or versions and no fitting "
+                        f"file's name says '{words[0]}', so this may be another one with the same layout.")
         if choice.others and not pinned:
             same = " (some with the same variant: tensors cannot tell them apart)" if choice.same_tensors else ""
             text.append(f"Also fit: {', '.join(choice.others)}{same}. Chosen by preset words in the name, then "

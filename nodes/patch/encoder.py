@@ -4,8 +4,8 @@ A family says what its projection reads (``ip_adapter_core.families.EncoderNeed`
 registered for that kind in :data:`STAGES` checks the encoder a node was given, runs it, and gives the reference
 uncond features. :func:`encode` does the rest for every kind: prepare the images, chunk, project, build the uncond
 tokens (reference / black image / negative images) and keep the reference uncond per adapter and encoder, here and
-not on the adapter. ``ImageTokens`` is the one payload every apply node consumes. CLIP vision is the only kind now;
-a face pipeline (FaceID) is one more class with the same methods.
+not on the adapter. ``ImageTokens`` is the one payload every apply node consumes. The face kind (FaceID) is
+face.py's FaceStage, with the same methods; its encode (face.encode_faces) also returns the aligned face crops.
 """
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ class ClipVisionStage:
         return encode_zero_pixels(encoder), True
 
 
-STAGES: dict[str, Any] = {"clip_vision": ClipVisionStage()}
+from .face import STAGE as _FACE_STAGE  # noqa: E402  (the face stage imports host.py only)
+
+STAGES: dict[str, Any] = {"clip_vision": ClipVisionStage(), "face": _FACE_STAGE}
 
 # the reference uncond tokens: adapter -> tokens (encoder-independent) / adapter -> {encoder: tokens}
 _base_uncond: "weakref.WeakKeyDictionary[LoadedAdapter, torch.Tensor]" = weakref.WeakKeyDictionary()
@@ -73,7 +75,7 @@ def stage_for(adapter: LoadedAdapter, *, where: str):
 def check(adapter: LoadedAdapter, encoder: Any, *, where: str):
     """The stage of ``adapter``'s family, with ``encoder`` checked against it (present, the right widths)."""
     stage = stage_for(adapter, where=where)
-    if encoder is None:
+    if encoder is None and stage.kind == "clip_vision":
         raise InputError(f"{where}: input '{stage.socket}' is missing; an image needs a CLIP vision encoder "
                          f"(this adapter needs {adapter.spec.encoder_name}).")
     stage.check(adapter, encoder, where=where)

@@ -152,14 +152,28 @@ def test_apply_needs_exactly_one_of_image_and_embeds(errors, run_node, sd15, sd1
            "IPA Apply", "'image'", "'embeds'", given, kind="InputError")
 
 
-def test_faceid_file_is_named_as_unsupported(errors, run_node, ipadapter_dir):
+def test_faceid_files_load_and_damaged_or_kolors_ones_are_named(errors, run_node, ipadapter_dir):
     import testkit.adapters as kit
+    from testkit import faceid_adapters as fk
 
-    image_proj, ip_adapter = kit.adapter_parts("base", ctx=768, encoder_dim=40, site_dims=(32,) * 7)
-    ip_adapter["0.to_q_lora.down.weight"] = torch.zeros(4, 32)
     sub = ipadapter_dir / "errors_faceid"
     sub.mkdir()
-    kit.save_adapter(str(sub / "faceid.safetensors"), image_proj, ip_adapter)
-    raises(errors, lambda: run_node("IPA_ModelLoader", ipadapter_file="errors_faceid/faceid.safetensors"),
-           "IPA Load Adapter", "'ipadapter_file'", "faceid.safetensors", "FaceID", "not supported",
-           kind="UnsupportedAdapterError")
+    fk.save_faceid(str(sub / "faceid.bin"), "faceid", ctx=768, site_dims=(32,) * 7, lora_rank=4)
+    out = run_node("IPA_ModelLoader", ipadapter_file="errors_faceid/faceid.bin")
+    assert out["ui"]["text"][0].startswith("FaceID") and "needs a face model" in out["ui"]["text"][0]
+
+    image_proj, ip_adapter = kit.adapter_parts("base", ctx=768, encoder_dim=40, site_dims=(32,) * 7)
+    ip_adapter["0.to_q_lora.down.weight"] = torch.zeros(4, 32)  # a FaceID LoRA key on a base projection
+    kit.save_adapter(str(sub / "mixed.safetensors"), image_proj, ip_adapter)
+    raises(errors, lambda: run_node("IPA_ModelLoader", ipadapter_file="errors_faceid/mixed.safetensors"),
+           "IPA Load Adapter", "'ipadapter_file'", "mixed.safetensors", "FaceID", kind="NotAnIPAdapterError")
+
+    image_proj, ip_adapter = fk.faceid_parts("faceid_plus", ctx=2048, site_dims=(64,) * 3, clip_dim=1024,
+                                             heads=64, tokens=6, depth=1)
+    kolors = {k: v for k, v in image_proj.items() if not k.startswith("perceiver_resampler.")}
+    kolors.update({k: v for k, v in fk.faceid_parts("faceid_plus", ctx=4096, site_dims=(64,), clip_dim=1024,
+                                                     depth=1, tokens=6)[0].items()
+                   if k.startswith("perceiver_resampler.")})
+    kit.save_adapter(str(sub / "ipa-faceid-plus.bin"), kolors, ip_adapter)
+    raises(errors, lambda: run_node("IPA_ModelLoader", ipadapter_file="errors_faceid/ipa-faceid-plus.bin"),
+           "IPA Load Adapter", "ipa-faceid-plus.bin", "Kolors", "not supported", kind="UnsupportedAdapterError")

@@ -166,7 +166,8 @@ def test_combo_lists_auto_and_the_files(pack, library):
     cls = pack.NODE_CLASS_MAPPINGS[NODE]
     spec = cls.INPUT_TYPES()
     assert spec["required"]["preset"][0] == ["standard", "light", "vit-G", "plus", "plus face", "full face",
-                                             "composition", "any"]
+                                             "composition", "any", "faceid", "faceid plus", "faceid plus v2",
+                                             "faceid portrait", "faceid portrait unnorm"]
     files = spec["optional"]["ipadapter_file"][0]
     assert files[0] == "auto" and {"zz_random.safetensors", "ip-adapter_sd15.safetensors", "mine.bin"} <= set(files)
     assert spec["optional"]["clip_vision_file"][0] == ["auto", "ip-adapter_sdxl.safetensors", "model.safetensors"]
