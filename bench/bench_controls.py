@@ -1,6 +1,6 @@
 """Per-step cost of the controls (issue #4) inside the real ComfyUI, on the real-shaped SD1.5 UNet with random weights.
 
-Run ``python3 bench/bench_controls.py --help``. Same harness as bench_step.py (one "step" = one model call of
+Run ``python3 scripts/bench_controls.py --help``. Same harness as bench_step.py (one "step" = one model call of
 ``comfy.sample.sample``, euler, CFG 7; call 1 is the warm step), but every variant is built the way the control's node
 builds it, through the pack's ``plan_for`` + ``install`` (nodes/patch/install.py) on zero-feature image tokens
 (values do not change costs):
@@ -21,15 +21,13 @@ added, FLOPs added, and the warm step's wall-clock ratio patched / unpatched (me
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_step as bs  # noqa: E402
+from . import bench_step as bs
+from .measure import StepProbe, probe_sampling
 
 
 def main() -> None:
@@ -97,7 +95,7 @@ def main() -> None:
 
             models = {"unpatched": mp}
             models.update({label: build() for label, (b, build) in variants.items() if b == batch})
-            records = {label: bs.probe_sampling(sample, m, bs.StepProbe(flops=True, keep_call=True))
+            records = {label: probe_sampling(sample, m, StepProbe(flops=True, keep_call=True))
                        for label, m in models.items()}
             sync = torch.cuda.synchronize if cuda else (lambda: None)
             mm.load_models_gpu(list(models.values()) + [adapter.patcher])

@@ -1,6 +1,6 @@
 """Per-step cost of the IP-Adapter patch inside the real ComfyUI, on real-shaped models with random weights.
 
-Run ``python3 bench/bench_step.py --help``; what each figure means is in bench/README.md.
+Run ``python3 scripts/bench_step.py --help``; what each figure means is in bench/README.md.
 
 What one "step" is here: one call of the model function during ``comfy.sample.sample`` (euler, CFG 7), i.e. one
 ``BaseModel.apply_model`` call on the cond + uncond batch with the ``transformer_options`` the sampler built from the
@@ -8,7 +8,7 @@ What one "step" is here: one call of the model function during ``comfy.sample.sa
 and its options are exactly what sampling runs. Call 0 is the cold step (per-site K'/V' caches empty), call 1 the warm
 step. Wall times replay the captured warm call, patched and unpatched alternated.
 
-The first part of this file (measurement tools) imports no ComfyUI module; tests/host/test_cost.py uses it too.
+The measurement tools (bench/measure.py) import no ComfyUI module; tests/host/test_cost.py counts with them too.
 """
 from __future__ import annotations
 
@@ -27,12 +27,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testkit import adapters as kit
+from testkit.comfyui_env import REPO, find_comfyui, import_comfyui
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import (  # noqa: E402,F401  (also read from this module by tests/host/test_cost.py)
-    OpCounter, StepProbe, probe_sampling, tensor_storages, duplicated_bytes, module_bytes,
-)
+from .measure import StepProbe, duplicated_bytes, module_bytes, probe_sampling, tensor_storages
 
 # ------------------------------------------------------------------------------------------- ComfyUI set-up
 
@@ -52,13 +50,10 @@ SDXL_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatia
 
 def start_comfyui(extra_args: list[str]) -> str:
     """Import ComfyUI (found like the tests find it) with ``extra_args`` as its command line."""
-    sys.path.append(os.path.join(REPO, "scripts"))
-    from comfyui_env import find_comfyui
-
     path, how = find_comfyui()
     if path is None:
         sys.exit(f"bench: {how}")
-    sys.path.insert(0, path)
+    import_comfyui(path)
     if not torch.cuda.is_available() and "--cpu" not in extra_args:
         extra_args = extra_args + ["--cpu"]
     sys.argv = [sys.argv[0]] + extra_args
@@ -135,9 +130,6 @@ def build_clip_vision(kind: str, tmp: str) -> tuple[Any, str]:
 
 def make_adapters(pack: Any, tmp: str, names: Iterable[str], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Random adapters in the exact published layout (testkit/adapters.py), saved and loaded like real files."""
-    sys.path.append(REPO)
-    import testkit.adapters as kit
-
     out = {}
     for name in names:
         path = os.path.join(tmp, f"{name}.safetensors")

@@ -8,7 +8,7 @@ so a converted workflow gives the old pack's images where the report says "conve
 (FaceID, InsightFace, weights strategies, ...) are left in place and reported; other packs' nodes are not touched.
 Converting a converted workflow changes nothing. docs/MIGRATION.md has the full mapping.
 
-    python3 migration/migrate_workflow.py old.json -o new.json [--strict]
+    python3 scripts/migrate_workflow.py old.json -o new.json [--strict]
 
 Pure Python (no ComfyUI import); importable: ``migrate(workflow) -> (new_workflow, report)``. The mapping itself
 (the old and new nodes' inputs and the value tables) is in migration/schemas.py, one plan per old node in
@@ -22,8 +22,8 @@ import json
 import sys
 from typing import Any, Callable
 
-from plans import ClipOf, Entry, New, Old, Plan, Src, plan_node, regional_plans
-from schemas import OLD_INPUTS, OLD_TYPES, SEED_WIDGETS, TARGETS, W, Target, available_nodes
+from .plans import ClipOf, Entry, New, Old, Plan, Src, plan_node, regional_plans
+from .schemas import OLD_INPUTS, OLD_TYPES, SEED_WIDGETS, TARGETS, W, Target, available_nodes
 
 __all__ = ["migrate", "report_text", "main", "available_nodes", "OLD_TYPES", "TARGETS", "W", "Entry"]
 

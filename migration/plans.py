@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import (COMPAT, INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS, UNSUPPORTED)
+from .schemas import COMPAT, INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS, UNSUPPORTED
 
 # ---------------------------------------------------------------------------------------------- conversion plans
 

@@ -17,7 +17,7 @@ cd "$REPO"
 
 bash scripts/setup_env.sh
 
-COMFY="$("$PY" -c "import sys; sys.path.insert(0, 'scripts'); from comfyui_env import find_comfyui; p, why = find_comfyui(); print(p or 'NONE: ' + why)")"
+COMFY="$(PYTHONPATH="$REPO" "$PY" -c "from testkit.comfyui_env import find_comfyui; p, why = find_comfyui(); print(p or 'NONE: ' + why)")"
 if [[ "$COMFY" == NONE:* ]]; then
   echo "ERROR: ComfyUI not found (${COMFY#NONE: })." >&2
   echo "       Install ComfyUI (git clone https://github.com/comfyanonymous/ComfyUI ~/ComfyUI) or set COMFYUI_PATH." >&2

@@ -17,7 +17,7 @@ if [ -z "$COMFY" ] || [ ! -f "$COMFY/main.py" ] || [ ! -d "$COMFY/comfy" ]; then
   echo "         Get ComfyUI first: git clone https://github.com/Comfy-Org/ComfyUI ~/ComfyUI" >&2
   exit 1
 fi
-installed="$("$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from comfyui_env import installed_copies; print('\n'.join(installed_copies(sys.argv[2])))" "$REPO/scripts" "$COMFY")"
+installed="$(PYTHONPATH="$REPO" "$PY" -c "import sys; from testkit.comfyui_env import installed_copies; print('\n'.join(installed_copies(sys.argv[1])))" "$COMFY")"
 if [ -n "$installed" ]; then
   echo "install: $COMFY/custom_nodes already holds this pack:"
   echo "$installed" | sed 's/^/  /'

@@ -8,7 +8,7 @@
 #   --test: pytest, diffusers             the test suite (diffusers is the reference implementation)
 #   --test: chromium (apt, as root), playwright   the browser tests; optional, failure only skips those tests
 # Idempotent: when everything is present it only checks (a second or two) and installs nothing.
-# Env: PYTHON (default python3), COMFYUI_PATH (see scripts/comfyui_env.py).
+# Env: PYTHON (default python3), COMFYUI_PATH (see testkit/comfyui_env.py).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -56,12 +56,12 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 "$PY" -c "import torch; c = torch.version.cuda; print(f'setup_env: torch {torch.__version__}, ' + (f'CUDA {c} build' if c else 'CPU build') + (', GPU available' if torch.cuda.is_available() else ', running on the CPU'))"
 
-COMFY="$("$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from comfyui_env import find_comfyui; print(find_comfyui()[0] or '')" "$REPO/scripts")"
+COMFY="$(PYTHONPATH="$REPO" "$PY" -c "from testkit.comfyui_env import find_comfyui; print(find_comfyui()[0] or '')")"
 REQS=()
 if [ -n "$COMFY" ] && [ -f "$COMFY/requirements.txt" ]; then
   while IFS= read -r line; do REQS+=("$line"); done < <(grep -vE '^\s*(#|$)' "$COMFY/requirements.txt" | grep -viE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;[]|$)')
 else
-  echo "setup_env: no ComfyUI found, so its requirements are not checked (scripts/comfyui_env.py says where it looks)"
+  echo "setup_env: no ComfyUI found, so its requirements are not checked (testkit/comfyui_env.py says where it looks)"
 fi
 REQS+=("requests")
 if [ "$WANT_TEST" = 1 ]; then REQS+=("pytest" "diffusers"); fi

@@ -60,7 +60,7 @@ PYEOF
 }
 
 label() {  # label TREE: "ComfyUI <version> at <path>" or the reason none is used
-  "$PY" -c "import sys; sys.path.insert(0, 'scripts'); from comfyui_env import comfyui_version, find_comfyui
+  PYTHONPATH="$REPO" "$PY" -c "import sys; from testkit.comfyui_env import comfyui_version, find_comfyui
 p, how = (sys.argv[1], 'COMFYUI_PATHS') if sys.argv[1] else find_comfyui()
 print(f'ComfyUI {comfyui_version(p)} at {p}' if p else f'no ComfyUI: {how}')" "${1:-}"
 }
@@ -71,7 +71,7 @@ MAIN_LABEL="$(label "")"
 summarise "$TMP/main.xml" "$rc" "$MAIN_LABEL"
 SUMMARIES+=("$MAIN_LABEL: pytest exit $rc")
 
-PRIMARY="$("$PY" -c "import sys, os; sys.path.insert(0, 'scripts'); from comfyui_env import find_comfyui; p = find_comfyui()[0]; print(os.path.realpath(p) if p else '')")"
+PRIMARY="$(PYTHONPATH="$REPO" "$PY" -c "import os; from testkit.comfyui_env import find_comfyui; p = find_comfyui()[0]; print(os.path.realpath(p) if p else '')")"
 IFS=':' read -r -a TREES <<<"${COMFYUI_PATHS:-}"
 i=0
 for tree in "${TREES[@]}"; do

@@ -8,15 +8,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import tomllib
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from testkit.comfyui_env import find_comfyui
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from comfyui_env import find_comfyui  # noqa: E402
 
 # What a ComfyUI install already has (its requirements.txt, 0.3.x): a custom node must not pin or reinstall these.
 COMFYUI_SHIPS = {
@@ -26,7 +25,8 @@ COMFYUI_SHIPS = {
     "comfyui-workflow-templates", "comfyui-embedded-docs",
 }
 # Top-level folders of this repository: a backticked README path starting with one of them must exist.
-REPO_DIRS = ("scripts", "web", "example_workflows", "tests", "docs", "nodes", "ip_adapter_core", "bench", ".ci")
+REPO_DIRS = ("scripts", "web", "example_workflows", "tests", "docs", "nodes", "ip_adapter_core", "bench", ".ci",
+             "testkit", "migration")
 
 
 def _read(rel: str) -> str:

@@ -15,9 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "server", "execution")
 HEAVY_OPTIONAL = ("diffusers", "transformers", "accelerate", "comfyui_ipa")
 
+# run with python3 -c in the repo root: the interpreter puts the working folder first on sys.path
 SCRIPT = r"""
 import importlib, json, pkgutil, sys
-sys.path.insert(0, ROOT)
 import ip_adapter_core
 subs = sorted(m.name for m in pkgutil.walk_packages(ip_adapter_core.__path__, "ip_adapter_core."))
 for name in subs:
@@ -29,7 +29,7 @@ print(json.dumps({"submodules": subs, "modules": sorted(sys.modules),
 
 @functools.lru_cache(maxsize=1)
 def _import_everything():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.replace("ROOT", repr(ROOT))], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -22,9 +22,7 @@ SIZE = 8
 # latents reach ~230, so float rounding alone is ~1e-5 absolute); the wrong image of the pair gives 1.7e-2.
 EFFECT_FRACTION = 3e-3
 
-from testkit.bench import load_bench  # noqa: E402
-
-bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
+from bench import bench_step, measure  # the benchmark's counting tools; neither imports a ComfyUI module
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -309,8 +307,8 @@ def profile(sample):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return bench.probe_sampling(lambda m: sample(m, steps=steps, size=SIZE, batch=batch), model,
-                                        bench.StepProbe())
+            return measure.probe_sampling(lambda m: sample(m, steps=steps, size=SIZE, batch=batch), model,
+                                          measure.StepProbe())
         finally:
             torch.set_num_threads(threads)
 
@@ -326,6 +324,7 @@ def test_unfold_and_frame_weights_cost_the_same_ops_per_step(sd15, advanced, emb
     if window:
         plain, per_frame = with_window(plain, [3, 1], 4), with_window(per_frame, [3, 1], 4)
     base, patched = profile(plain, steps=3), profile(per_frame, steps=3)
-    assert patched[1].ops == base[1].ops, bench.fmt_counter(bench.diff(patched[1].ops, base[1].ops), 20)
+    assert patched[1].ops == base[1].ops, bench_step.fmt_counter(bench_step.diff(patched[1].ops, base[1].ops), 20)
     for step, (p, b) in enumerate(zip(patched, base)):
-        assert not bench.diff(p.syncs, b.syncs), f"step {step}: syncs added {dict(bench.diff(p.syncs, b.syncs))}"
+        syncs = bench_step.diff(p.syncs, b.syncs)
+        assert not syncs, f"step {step}: syncs added {dict(syncs)}"

@@ -5,7 +5,7 @@ What is checked, on the surfaces a user sees:
 - every node of the pack is in the node library (sidebar search "IPA"), and the frontend shows the pack's help page
   for it (it fetches /extensions/<pack>/docs/<NodeId>.md and renders it: each input in bold): from the leaf's help
   button in the older library tree, from the Info tab of the node put on the canvas from its leaf in the redesigned
-  library (found out in the page, see _library_search);
+  library (found out in the page, see testkit.browser.library_search);
 - example_workflows/ipadapter_simple.json loads into the graph editor (UI format, model names swapped for the random
   stand-ins), is queued from the page (app.queuePrompt), runs, and its image comes back to the page; the loader
   shows the detected variant on the node;
@@ -16,54 +16,34 @@ Screenshots go to pytest's tmp dir; with IPA_SCREENSHOT_DIR=docs/images they are
 Browser: Chromium from the system (IPA_CHROMIUM, or chromium / chromium-browser on PATH), driven by Playwright
 (pip package ``playwright``; no browser download). Started headless, --no-sandbox, without background networking;
 every request to another host than the ComfyUI server is blocked. Skipped, with the reason, when either is missing
-(scripts/setup_env.sh --test installs both where it can).
+(scripts/setup_env.sh --test installs both where it can). The page-driving helpers: testkit/browser.py.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
-import re
-import shutil
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
-import standins  # noqa: E402
+from testkit import standins
+from testkit.browser import (CHROMIUM_ARGS, HELP_BOLD, PREVIEW, Page, close_help_from_canvas, find_chromium,
+                             frame_graph, library_leaf, library_search, load_graph, node_clip, open_help_from_canvas,
+                             pack_nodes, screenshot, ui_standins)
+from testkit.comfyui_env import REPO
 
 PACK = "comfyui_ip_adapter"  # the pack's folder (module) name on the server: set by the server fixture
 EXAMPLES = os.path.join(REPO, "example_workflows")
 SIMPLE = os.path.join(EXAMPLES, "ipadapter_simple.json")
 STYLE = os.path.join(EXAMPLES, "ipadapter_style_composition.json")
-REFERENCE = os.path.join(EXAMPLES, "ipadapter_reference.png")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-extensions",
-                 "--metrics-recording-only", "--disable-dev-shm-usage"]
 PAGE_TIMEOUT_MS = 180_000
 RUN_TIMEOUT_MS = 600_000
 
 pytestmark = pytest.mark.slow
 
 
-def _chromium() -> tuple[str | None, str]:
-    env = os.environ.get("IPA_CHROMIUM")
-    if env:
-        return (env, "") if os.path.isfile(env) else (None, f"IPA_CHROMIUM={env} does not exist")
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path, ""
-    return None, ("no Chromium found (IPA_CHROMIUM, chromium, chromium-browser); install it with "
-                  "'apt-get install chromium' (scripts/setup_env.sh --test does so when run as root)")
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path, why = _chromium()
+    path, why = find_chromium()
     if path is None:
         pytest.skip(f"browser tests: {why}")
     try:
@@ -89,42 +69,6 @@ def server(chromium, standin_server):
     return srv
 
 
-class Page:
-    """The Playwright page plus what it logged: console errors, page errors, failed responses, blocked requests."""
-
-    def __init__(self, page, server_url: str):
-        self.page = page
-        self.errors: list[str] = []
-        self.blocked: list[str] = []
-        self.served: dict[str, int] = {}  # the pack's files and route: URL -> HTTP status
-        page.on("console", lambda m: m.type == "error" and self.errors.append(
-            f"console: {m.text} @ {m.location.get('url', '')}"))
-        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}\n{e.stack}"))
-        page.on("response", self._response)
-
-        def route(r):
-            if r.request.url.startswith(server_url):
-                r.continue_()
-            else:
-                self.blocked.append(r.request.url)
-                r.abort()
-
-        page.route("**/*", route)
-
-    def _response(self, r) -> None:
-        if r.status >= 400:
-            self.errors.append(f"HTTP {r.status}: {r.url}")
-        if f"/extensions/{PACK}/" in r.url or "/ipa/" in r.url:
-            self.served[r.url.split("?")[0]] = r.status
-
-    def ours(self) -> list[str]:
-        """Errors that involve this pack: its files, its route, its nodes. Not counted: the frontend's first try
-        for a help page, docs/<NodeId>/<locale>.md (the pack ships docs/<NodeId>.md, the frontend's fallback)."""
-        marks = (f"/extensions/{PACK}/", "/ipa/", "IPA_", "ipa.js")
-        localized = re.compile(rf"/extensions/{PACK}/docs/[^/\s]+/[\w-]+\.md")
-        return [e for e in self.errors if any(m in e for m in marks) and not localized.search(e)]
-
-
 @pytest.fixture(scope="module")
 def ui(chromium, server, tmp_path_factory):
     from playwright.sync_api import sync_playwright
@@ -135,8 +79,7 @@ def ui(chromium, server, tmp_path_factory):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(PAGE_TIMEOUT_MS)
-            wrapped = Page(page, server.url)
-            wrapped.shots = str(shots)
+            wrapped = Page(page, server.url, PACK, str(shots))
             page.goto(server.url)
             page.wait_for_function("window.app?.graph && window.LiteGraph && window.comfyAPI?.api?.api")
             page.wait_for_function("app.extensions.some(e => e.name === 'ipa.graphEditor')")
@@ -153,51 +96,6 @@ def ui(chromium, server, tmp_path_factory):
             browser.close()
 
 
-def _screenshot(ui: Page, name: str, *, readme: bool = False, **kw) -> str:
-    """Screenshot into the tmp dir; the README's ones (``readme``) also into IPA_SCREENSHOT_DIR when that is set,
-    reduced to 128 colours (small PNGs)."""
-    path = os.path.join(ui.shots, name)
-    ui.page.screenshot(path=path, **kw)
-    keep = os.environ.get("IPA_SCREENSHOT_DIR")
-    if keep and readme:
-        from PIL import Image
-
-        os.makedirs(keep, exist_ok=True)
-        Image.open(path).convert("RGB").quantize(128).save(os.path.join(keep, name), optimize=True)
-    return path
-
-
-def _pack_nodes(server) -> dict[str, dict]:
-    info = server.object_info()
-    return {k: v for k, v in info.items() if v.get("python_module", "").split(".")[-1] == PACK}
-
-
-def _ui_standins(workflow: dict) -> dict:
-    """The UI-format twin of workflow_convert.use_standins: stand-in file names, the helper CLIP vision loader,
-    64 px latents, at most 3 steps; the loaders' download links dropped (no missing-model dialog)."""
-    wf = copy.deepcopy(workflow)
-    for node in wf["nodes"]:
-        values, kind = node.get("widgets_values"), node["type"]
-        node.get("properties", {}).pop("models", None)
-        if kind == "CheckpointLoaderSimple":
-            values[0] = standins.CHECKPOINT
-        elif kind == "CLIPVisionLoader":
-            node["type"] = "IPATest_CLIPVisionLoaderJSON"
-            values[0] = standins.CLIP_VISION
-        elif kind == "IPA_ModelLoader":
-            values[0] = standins.ADAPTER_PLUS if "plus" in values[0] else standins.ADAPTER
-        elif kind == "EmptyLatentImage":
-            values[0] = values[1] = 64
-        elif kind == "KSampler":
-            values[2] = min(values[2], 3)
-    return wf
-
-
-def _load_graph(ui: Page, workflow: dict) -> None:
-    ui.page.evaluate("async wf => { await app.loadGraphData(wf, true, true, 'ipa-browser-test'); }", workflow)
-    ui.page.wait_for_function("n => app.graph.nodes.length === n", arg=len(workflow["nodes"]))
-
-
 # ------------------------------------------------------------------------------------------------------------ tests
 
 def test_extension_loads_without_console_errors(ui, server):
@@ -207,79 +105,20 @@ def test_extension_loads_without_console_errors(ui, server):
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 
 
-# The node library and its help pages differ between frontend generations; the test finds out in the page which one
-# it has (never by version numbers):
-# - the tree of comfyui-frontend-package 1.2x (input.search-box-input, PrimeVue li.p-tree-node-leaf leaves): each
-#   leaf has a help button that opens the help page in the sidebar, left with its back arrow;
-# - the redesigned library of 1.3x+ (Comfy.NodeLibrary.NewDesign, default there: a combobox search, role=treeitem
-#   leaves with only a bookmark button): the help page is the Info tab of the right side panel for a node on the
-#   canvas. The node is put there from its leaf (click the leaf, click the canvas), selected, and the selection
-#   toolbox's Node Info button opens the tab; deleting the node and closing the panel put the page back.
-LIBRARY = ".side-bar-panel"
-HELP_BOLD = ".node-help-content .markdown-content strong"
-PROPERTIES = "[data-testid=properties-panel]"  # the redesign's right side panel
-
-
-def _library_search(page):
-    """The node library's search input, whichever frontend: waits for the sidebar to show one."""
-    kind = page.wait_for_function(f"""() => {{
-        const panel = document.querySelector('{LIBRARY}');
-        if (!panel) return null;
-        if (panel.querySelector('input.search-box-input')) return 'input.search-box-input';
-        if (panel.querySelector('input[role=combobox]')) return 'input[role=combobox]';
-        return null;
-    }}""", timeout=30_000).json_value()
-    return page.locator(f"{LIBRARY} {kind}").first
-
-
-def _library_leaf(page, name: str):
-    return page.locator(LIBRARY).locator(
-        f'li.p-tree-node-leaf[aria-label="{name}"], [role=treeitem]:not([aria-expanded]):has(> span:text-is("{name}"))'
-    ).first
-
-
-def _open_help_from_canvas(page, leaf, node_id: str) -> None:
-    """New library: the leaf places its node on the canvas (click, then click the canvas); Node Info on the
-    selection toolbox opens the right side panel's Info tab. Clicks only; the caller expects the help fetch."""
-    before = page.evaluate("app.graph.nodes.map(n => String(n.id))")
-    leaf.click()
-    panel = page.locator(LIBRARY).bounding_box()
-    x, y = panel["x"] + panel["width"] + 250, 320
-    page.mouse.move(x, y)
-    page.mouse.click(x, y)
-    added = page.wait_for_function(
-        """before => {
-            const nodes = app.graph.nodes.filter(n => !before.includes(String(n.id)));
-            return nodes.length ? nodes.map(n => n.type) : null;
-        }""", arg=before, timeout=30_000).json_value()
-    assert added == [node_id], f"the library leaf for {node_id} put {added} on the canvas"
-    page.locator(".selection-toolbox [data-testid=info-button]").click()
-
-
-def _close_help_from_canvas(page, node_id: str) -> None:
-    """Delete the node (the Info tab goes with it) and close the right side panel with its own toggle button, so the
-    canvas is as wide as before for the next node and the next tests."""
-    page.evaluate("type => app.graph.nodes.filter(n => n.type === type).forEach(n => app.graph.remove(n))", node_id)
-    page.evaluate("app.canvas.setDirty(true, true)")
-    page.locator(".node-help-content").wait_for(state="detached", timeout=30_000)
-    page.locator(f'{PROPERTIES} button[aria-pressed="true"]:has(i[class*="panel-right"])').click(timeout=30_000)
-    page.locator(PROPERTIES).wait_for(state="detached", timeout=30_000)
-
-
 def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
-    nodes = _pack_nodes(server)
+    nodes = pack_nodes(server, PACK)
     assert "IPA_ApplyAdvanced" in nodes and "IPA_ModelLoader" in nodes, sorted(nodes)
     registered = ui.page.evaluate("Object.keys(LiteGraph.registered_node_types)")
     assert not set(nodes) - set(registered), f"not registered in the editor: {set(nodes) - set(registered)}"
 
     page = ui.page
     page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
-    search = _library_search(page)
+    search = library_search(page)
     cleared = False
     for node_id, spec in sorted(nodes.items()):
         name = spec["display_name"]
         search.fill("IPA")
-        leaf = _library_leaf(page, name)
+        leaf = library_leaf(page, name)
         leaf.wait_for(state="visible", timeout=30_000)
         leaf.hover()
         in_tree = leaf.locator("button.help-button").count() > 0  # the 1.2x tree: a help button per leaf
@@ -291,7 +130,7 @@ def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
             if in_tree:
                 leaf.locator("button.help-button").click()
             else:
-                _open_help_from_canvas(page, leaf, node_id)
+                open_help_from_canvas(page, leaf, node_id)
         assert response.value.status == 200, f"{node_id}: help page {doc} -> HTTP {response.value.status}"
         inputs = [*spec["input"].get("required", {}), *spec["input"].get("optional", {})]
         page.wait_for_function(
@@ -300,54 +139,18 @@ def test_nodes_are_in_the_node_library_with_their_help_pages(ui, server):
                 return names.every(n => bold.some(s => s.textContent.trim() === n));
             }""", arg=[HELP_BOLD, inputs], timeout=30_000)
         if node_id == "IPA_ApplyAdvanced":
-            _screenshot(ui, "help_page.png")
+            screenshot(ui, "help_page.png")
         if in_tree:
             page.locator("button:has(.pi-arrow-left)").first.click()  # the help page's back arrow
         else:
-            _close_help_from_canvas(page, node_id)
+            close_help_from_canvas(page, node_id)
     page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 
 
-PREVIEW = "id => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipa_preview')"
-
-
-def _node_clip(ui: Page, node_id: int) -> dict:
-    """The node's box on the screen (title included), for a clipped screenshot."""
-    return ui.page.evaluate("""id => {
-        const node = app.graph.getNodeById(id), ds = app.canvas.ds;
-        const rect = app.canvas.canvas.getBoundingClientRect();
-        const title = LiteGraph.NODE_TITLE_HEIGHT;
-        const [x, y] = ds.convertOffsetToCanvas([node.pos[0] - 6, node.pos[1] - title - 6]);
-        return {x: rect.left + x, y: rect.top + y, width: (node.size[0] + 12) * ds.scale,
-                height: (node.size[1] + title + 12) * ds.scale};
-    }""", node_id)
-
-
-def _frame_graph(ui: Page, scale: float, margin: int = 16, top: int = 44) -> dict:
-    """Zoom to ``scale``, put the graph's top-left corner at the canvas' top-left, move the pointer away (no
-    hover popups) and return the screen box of the whole graph; ``top`` px are left for the workflow tabs, which
-    lie over the canvas."""
-    ui.page.mouse.move(5, 890)
-    box = ui.page.evaluate("""([scale, margin, top]) => {
-        const title = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds, nodes = app.graph.nodes;
-        const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - title));
-        const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
-        const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
-        ds.scale = scale;
-        ds.offset = [margin / scale - x0, (top + margin) / scale - y0];
-        app.canvas.setDirty(true, true);
-        const rect = app.canvas.canvas.getBoundingClientRect();
-        return {x: rect.left, y: rect.top + top, width: Math.min(rect.width, (x1 - x0) * scale + 2 * margin),
-                height: Math.min(rect.height - top, (y1 - y0) * scale + 2 * margin)};
-    }""", [scale, margin, top])
-    ui.page.wait_for_timeout(500)
-    return box
-
-
 def test_simple_example_loads_queues_and_shows_its_image(ui, server):
-    workflow = _ui_standins(json.load(open(SIMPLE, encoding="utf-8")))
-    _load_graph(ui, workflow)
+    workflow = ui_standins(json.load(open(SIMPLE, encoding="utf-8")))
+    load_graph(ui, workflow)
     page = ui.page
     assert sorted(page.evaluate("app.graph.nodes.map(n => n.type)")) == sorted(n["type"] for n in workflow["nodes"])
     ids = {n["type"]: n["id"] for n in workflow["nodes"]}
@@ -375,13 +178,13 @@ def test_simple_example_loads_queues_and_shows_its_image(ui, server):
         const shift = Math.max(0, loader.pos[1] + loader.size[1] + 40 - Math.min(...below.map(n => n.pos[1])));
         below.forEach(n => { n.pos[1] += shift; });
     }""", ids["IPA_ModelLoader"])
-    _screenshot(ui, "simple_workflow.png", readme=True, clip=_frame_graph(ui, 0.8))
+    screenshot(ui, "simple_workflow.png", readme=True, clip=frame_graph(ui, 0.8))
     assert not ui.ours(), "errors from the pack in the browser:\n" + "\n".join(ui.ours())
 
 
 def test_weight_preview_on_apply_advanced(ui):
-    workflow = _ui_standins(json.load(open(STYLE, encoding="utf-8")))
-    _load_graph(ui, workflow)
+    workflow = ui_standins(json.load(open(STYLE, encoding="utf-8")))
+    load_graph(ui, workflow)
     page = ui.page
     style, composition = [n["id"] for n in workflow["nodes"] if n["type"] == "IPA_ApplyAdvanced"]
     page.wait_for_function(f"ids => ids.every(id => ({PREVIEW})(id)?.data)", arg=[style, composition])
@@ -447,7 +250,7 @@ def test_weight_preview_on_apply_advanced(ui):
     assert swapped == [f"input.8.{t}" for t in range(10)]
     page.mouse.move(5, 890)
     page.wait_for_timeout(500)
-    _screenshot(ui, "weight_preview.png", readme=True, clip=_node_clip(ui, style))
+    screenshot(ui, "weight_preview.png", readme=True, clip=node_clip(ui, style))
 
     # the preview is display only: not in the prompt, not in the saved widget values
     prompt = page.evaluate("async () => (await app.graphToPrompt()).output")

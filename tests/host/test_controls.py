@@ -1,7 +1,8 @@
 """IPA Apply (advanced) in a real ComfyUI: weight types, embeds scaling, layer weights and the precise swap.
 
 Tiny SD1.5 (7 sites, L = 7 SpatialTransformers: t 0 input 1, 1 input 3, 2 middle, 3 output 0, 4-6 output 1-3) and
-SDXL-shaped (11 sites, same 7 SpatialTransformers, depth 2 in input 3, middle, output 0-1) models from conftest.py.
+SDXL-shaped (11 sites, same 7 SpatialTransformers, depth 2 in input 3, middle, output 0-1) models from
+testkit/tiny_models.py.
 The layer-map types use the SD1.5 table on the first and the SDXL table on the second (depth > 1).
 Sampled outputs of equivalent settings are compared bit for bit; hand computations (SDPA on the file's weights) at
 atol 1e-5 (fp32, values ~1).

@@ -28,9 +28,7 @@ import os
 import pytest
 import torch
 
-from testkit.bench import load_bench  # noqa: E402
-
-bench = load_bench("bench_step")  # measurement tools only; imports no ComfyUI module
+from bench import bench_step, measure  # the benchmark's counting tools; neither imports a ComfyUI module
 
 OPS_PER_SITE = 12
 SD15_STEP_TARGET = 200
@@ -38,7 +36,7 @@ GATE_OPS = 8
 SD15_SITES = 16
 
 # SD1.5's UNet layout (model_detection's SD15 dict) with 32 instead of 320 channels.
-TINY_SD15 = dict(bench.SD15_UNET, model_channels=32)
+TINY_SD15 = dict(bench_step.SD15_UNET, model_channels=32)
 
 # name: (adapter kind, start_at, end_at). A 3-step run has sigmas 14.6, 1.62, 0.03: "base-range" (sigma 5.09 down to
 # 0.57) is off, on, off; "base-first-half" (down to 1.62) is on, on, off.
@@ -55,7 +53,7 @@ OP_VARIANTS = ["base", "plus", "base-range"]
 def model(comfy_nodes):
     import comfy.supported_models
 
-    return bench.build_unet(TINY_SD15, comfy.supported_models.SD15, dtype=torch.float32, compute_dtype=None)
+    return bench_step.build_unet(TINY_SD15, comfy.supported_models.SD15, dtype=torch.float32, compute_dtype=None)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +91,8 @@ def profile(sample):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            calls = bench.probe_sampling(lambda m: sample(m, steps=steps, size=8), model,
-                                         bench.StepProbe(watch=watch, flops=flops))
+            calls = measure.probe_sampling(lambda m: sample(m, steps=steps, size=8), model,
+                                           measure.StepProbe(watch=watch, flops=flops))
         finally:
             torch.set_num_threads(threads)
         assert len(calls) == steps and all(len(c.cond_or_uncond) == 2 for c in calls), \
@@ -112,7 +110,7 @@ def baseline(model, profile):
     def get(*, steps: int = 2, flops: bool = False, backend: str = "host"):
         key = (steps, flops, backend)
         if key not in cache:
-            hooks, shapes = bench.attn2_inputs(model.model.diffusion_model)
+            hooks, shapes = bench_step.attn2_inputs(model.model.diffusion_model)
             try:
                 cache[key] = profile(sdpa(model) if backend == "sdpa" else model, steps=steps, flops=flops), shapes
             finally:
@@ -154,7 +152,7 @@ def test_warm_step_aten_ops_added_within_target(model, apply, profile, baseline,
     added = patched.total_ops - unpatched.total_ops
     full_range = VARIANTS[variant][1:] == (0.0, 1.0)
     bound = OPS_PER_SITE * SD15_SITES if full_range else (OPS_PER_SITE + 1) * SD15_SITES + GATE_OPS
-    detail = bench.fmt_counter(bench.diff(patched.ops, unpatched.ops), 20)
+    detail = bench_step.fmt_counter(bench_step.diff(patched.ops, unpatched.ops), 20)
     assert added <= bound, f"{variant}: {added} aten ops added per warm step ({added / SD15_SITES:.1f}/site), " \
                            f"bound {bound}: {detail}"
     if variant == "base":
@@ -167,14 +165,14 @@ def test_no_sync_added_per_step(model, apply, profile, baseline, variant):
     unpatched = baseline(steps=3)[0]
     patched = profile(apply(model, variant), steps=3)
     for step, (p, u) in enumerate(zip(patched, unpatched)):
-        added = bench.diff(p.syncs, u.syncs)
+        added = bench_step.diff(p.syncs, u.syncs)
         assert not added, f"{variant}, step {step}: syncs added {dict(added)}"
 
 
 def test_sync_counter_sees_item_and_cpu():
     """The sync counter itself: .item(), bool() and .cpu() of a CPU tensor are each counted."""
     x = torch.ones(3)
-    with torch.inference_mode(), bench.OpCounter() as counter:
+    with torch.inference_mode(), measure.OpCounter() as counter:
         x.sum().item()
         bool(x[0] > 0)
         x.cpu()
@@ -187,11 +185,12 @@ def test_mask_adds_one_multiply_per_site_and_no_sync(model, run_node, adapters, 
     mask = torch.linspace(0, 1, 64).expand(1, 48, 64)
     masked = profile(run_node("IPA_Apply", model=model, ipadapter=adapters["base"], weight=1.0, start_at=0.0,
                               end_at=1.0, embeds=tokens["base"], attn_mask=mask)[0], steps=3)
-    added = bench.diff(masked[1].ops, unmasked[1].ops)
-    assert masked[1].total_ops - unmasked[1].total_ops == SD15_SITES, bench.fmt_counter(added, 20)
-    assert dict(added) == {"aten.mul": SD15_SITES}, bench.fmt_counter(added, 20)
+    added = bench_step.diff(masked[1].ops, unmasked[1].ops)
+    assert masked[1].total_ops - unmasked[1].total_ops == SD15_SITES, bench_step.fmt_counter(added, 20)
+    assert dict(added) == {"aten.mul": SD15_SITES}, bench_step.fmt_counter(added, 20)
     for step, (m, u) in enumerate(zip(masked, unmasked)):
-        assert not bench.diff(m.syncs, u.syncs), f"step {step}: syncs added {dict(bench.diff(m.syncs, u.syncs))}"
+        syncs = bench_step.diff(m.syncs, u.syncs)
+        assert not syncs, f"step {step}: syncs added {dict(syncs)}"
 
 
 @pytest.mark.parametrize("kind", ["base", "plus"])
@@ -225,8 +224,8 @@ def test_storage_walker_sees_duplicates():
     """The measuring tool: a deep copy of a plain holder duplicates its tensor; a shared one does not."""
     t = torch.zeros(10)
     holder = {"x": [t], "y": (t.view(2, 5),)}
-    assert bench.duplicated_bytes(holder, copy.deepcopy(holder)) == 40
-    assert bench.duplicated_bytes(holder, dict(holder)) == 0
+    assert measure.duplicated_bytes(holder, copy.deepcopy(holder)) == 40
+    assert measure.duplicated_bytes(holder, dict(holder)) == 0
 
 
 @pytest.mark.parametrize("kind", ["base", "plus"])
@@ -235,11 +234,11 @@ def test_clone_duplicates_no_adapter_bytes(model, adapters, apply, profile, kind
     caches after sampling) shares storage with the original."""
     patched = apply(model, kind)
     profile(patched)  # fill the K'/V' caches
-    weights = bench.module_bytes(adapters[kind].model)
-    held = bench.tensor_storages(patched.model_options)
+    weights = measure.module_bytes(adapters[kind].model)
+    held = measure.tensor_storages(patched.model_options)
     assert weights.keys() <= held.keys(), "the walker does not reach the adapter weights from model_options"
     for clone in (patched.clone(), patched.clone().clone()):
-        dup = bench.duplicated_bytes(patched.model_options, clone.model_options)
+        dup = measure.duplicated_bytes(patched.model_options, clone.model_options)
         assert dup == 0, f"clone() duplicated {dup} bytes of adapter tensors"
 
 
@@ -253,12 +252,12 @@ def test_two_applies_of_one_file_hold_the_weights_once(model, adapters, tokens, 
                      embeds=tokens["base"])[0]
     patches = twice.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(patches) == SD15_SITES and all(len(p.terms) == 2 for p in patches.values())
-    weights = bench.module_bytes(adapters["base"].model)
-    held = bench.tensor_storages(twice.model_options)
+    weights = measure.module_bytes(adapters["base"].model)
+    held = measure.tensor_storages(twice.model_options)
     held_weights = sum(n for k, n in held.items() if k in weights)
     assert held_weights == sum(weights.values())
     assert sum(held.values()) - held_weights < sum(weights.values()), "non-weight tensors larger than the weights"
-    assert bench.duplicated_bytes(once.model_options, twice.model_options) < sum(weights.values()) // 10
+    assert measure.duplicated_bytes(once.model_options, twice.model_options) < sum(weights.values()) // 10
 
 
 def test_models_are_the_adapters_model_patchers(model, adapters, apply, profile):

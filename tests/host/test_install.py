@@ -1,7 +1,7 @@
 """Install layouts on a real ComfyUI (issue #10): the pack under a hyphenated custom_nodes folder, the pack there
 twice, and scripts/install.sh.
 
-Each test works on a throwaway real copy of the ComfyUI tree in use (scripts/fresh_layout.copy_comfyui: no weights,
+Each test works on a throwaway real copy of the ComfyUI tree in use (testkit.fresh_layout.copy_comfyui: no weights,
 no other custom nodes), never on the tree itself.
 """
 from __future__ import annotations
@@ -15,8 +15,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
 
 pytestmark = pytest.mark.slow
 COPY_IGNORE = shutil.ignore_patterns(".git", ".standins", "out", "__pycache__", ".pytest_cache")
@@ -24,7 +22,7 @@ COPY_IGNORE = shutil.ignore_patterns(".git", ".standins", "out", "__pycache__", 
 
 @pytest.fixture(scope="module")
 def comfy_copy(comfyui_path, tmp_path_factory):
-    from fresh_layout import copy_comfyui
+    from testkit.fresh_layout import copy_comfyui
 
     return copy_comfyui(comfyui_path, str(tmp_path_factory.mktemp("fresh") / "ComfyUI"))
 
@@ -61,7 +59,7 @@ def test_pytest_runs_inside_a_hyphenated_custom_nodes_folder(comfy_copy, tmp_pat
 def test_pack_twice_in_custom_nodes_loads_once(comfy_copy, tmp_path):
     """A second clone and a symlink beside the harness's link: the server starts, one copy registers 15 nodes, the
     route and the web extension once, and the log names the active copy and each skipped one."""
-    from run_workflow import PACK_LINK, ComfyServer
+    from testkit.comfy_server import PACK_LINK, ComfyServer
 
     nodes_dir = tmp_path / "work" / "custom_nodes"
     nodes_dir.mkdir(parents=True)
@@ -93,7 +91,7 @@ def test_install_script_clones_into_custom_nodes_once(comfy_copy, tmp_path):
     try:
         first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, first.stdout + first.stderr
-        from comfyui_env import installed_copies
+        from testkit.comfyui_env import installed_copies
 
         assert installed_copies(comfy_copy) == [dest]
         head = subprocess.run(["git", "-C", dest, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
@@ -125,7 +123,7 @@ def test_readme_api_commands_queue_the_unified_loader_example(comfy_copy, tmp_pa
     import time
 
     import requests
-    from run_workflow import free_port
+    from testkit.comfy_server import free_port
 
     start, commands = readme_blocks("Start ComfyUI in one terminal", 2)
     assert start.strip().endswith("python3 main.py --cpu") and "--standins" in commands, (start, commands)

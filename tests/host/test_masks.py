@@ -1,5 +1,5 @@
-"""attn_mask on IPA Apply / IPA Apply (advanced) in a real ComfyUI (tiny SD1.5 from conftest.py: 7 sites, 8 heads;
-("input", 1, 0) sees the full latent grid, ("input", 3, 0) the once-halved one).
+"""attn_mask on IPA Apply / IPA Apply (advanced) in a real ComfyUI (tiny SD1.5 from testkit/tiny_models.py: 7
+sites, 8 heads; ("input", 1, 0) sees the full latent grid, ("input", 3, 0) the once-halved one).
 
 Exact claims are bit for bit: a zero mask multiplies the image term by 0 and a ones mask by 1, so sampling equals the
 unpatched model / the unmasked patch exactly; where a region mask is 0 the patch's output equals the plain attention

@@ -1,7 +1,7 @@
-"""Converted ComfyUI_IPAdapter_plus workflows (migration/migrate_workflow.py) run through a real ComfyUI server.
+"""Converted ComfyUI_IPAdapter_plus workflows (migration.migrate_workflow) run through a real ComfyUI server.
 
 1. Old-format workflows written here (API and UI format, the old pack's node IDs and inputs) are converted and
-   queued on a server with this pack and the random stand-in models (scripts/standins.py): they must run, and the
+   queued on a server with this pack and the random stand-in models (testkit/standins.py): they must run, and the
    adapter must change the image.
 2. Where cubiq's ComfyUI_IPAdapter_plus is installed (a folder with IPAdapterPlus.py in the ComfyUI's custom_nodes,
    or the folder named by IPA_OLD_PACK, which is linked into this test's own server only), the old workflow runs on
@@ -20,14 +20,10 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(REPO, "scripts")
-for _p in (SCRIPTS, os.path.join(REPO, "migration")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-import migrate_workflow as mw  # noqa: E402
-import standins  # noqa: E402
-import workflow_convert as wc  # noqa: E402
+from migration import migrate_workflow as mw
+from testkit import standins
+from testkit import workflow_convert as wc
+from testkit.comfyui_env import REPO
 
 REFERENCE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
 IMAGE = os.path.basename(REFERENCE)
@@ -115,7 +111,7 @@ def test_converted_advanced_with_negative_noise_runs_and_the_adapter_acts(server
     assert wc.nodes_of(graph, "IPA_Encode") and wc.nodes_of(graph, "IPA_NoiseImage")
     applies = wc.nodes_of(graph, "IPA_ApplyAdvanced")
     assert applies and all(n["inputs"]["compatibility"] == "ComfyUI_IPAdapter_plus" for n in applies)
-    from run_workflow import mean_abs_diff
+    from testkit.run_workflow import mean_abs_diff
 
     one = _run_ok(server, graph).images[0]
     zero = _run_ok(server, wc.set_adapter_weight(graph, 0.0)).images[0]
@@ -253,7 +249,7 @@ def test_converted_regional_params_run(server):
     graph = wc.use_standins(_convert(old))
     assert graph["13"]["class_type"] == "IPA_RegionalApply" and "12" not in graph
     assert graph["10"]["class_type"] == graph["11"]["class_type"] == "ConditioningSetMask"
-    from run_workflow import mean_abs_diff
+    from testkit.run_workflow import mean_abs_diff
 
     one = _run_ok(server, graph).images[0]
     zero = json.loads(json.dumps(graph))
@@ -272,15 +268,14 @@ def old_pack_folder(comfyui: str) -> tuple[str | None, bool]:
     return (os.path.dirname(hits[0]), False) if hits else (None, False)
 
 
+# run with python3 -c in the repo root (the interpreter puts the working folder on sys.path: testkit imports)
 MAKE_MODELS = r"""
 import json, os, sys
-comfyui, scripts, base = sys.argv[1:4]
-sys.path.insert(0, scripts)
-import standins
+comfyui, base = sys.argv[1:3]
+from testkit import standins
 standins._import_comfy(comfyui)
 import torch
 import comfy.clip_vision
-sys.path.insert(0, os.path.join(standins.REPO, "tests"))
 from testkit.adapters import adapter_parts
 from safetensors.torch import save_file
 
@@ -318,10 +313,10 @@ def old_pack_server(comfyui_path, tmp_path_factory):
                   "not compared")
         print(f"\nSKIPPED: {reason}")
         pytest.skip(reason)
-    from run_workflow import ComfyServer
+    from testkit.comfy_server import ComfyServer
 
     base = str(tmp_path_factory.mktemp("old_pack_models"))
-    subprocess.run([sys.executable, "-c", MAKE_MODELS, comfyui_path, SCRIPTS, base], check=True, timeout=1200)
+    subprocess.run([sys.executable, "-c", MAKE_MODELS, comfyui_path, base], check=True, timeout=1200, cwd=REPO)
     workdir = str(tmp_path_factory.mktemp("old_pack_server"))
     if link:
         os.makedirs(os.path.join(workdir, "custom_nodes"), exist_ok=True)

@@ -57,15 +57,13 @@ def test_loader_finds_file_through_folder_paths_and_describes_it(ipadapter_dir, 
 
 def test_register_folder_keeps_paths_from_extra_model_paths(comfyui_path, pack_module, monkeypatch, tmp_path):
     """extra_model_paths.yaml is read before custom nodes load; registering must keep its ipadapter path."""
-    import importlib.util
+    import runpy
 
     import folder_paths
 
-    # by file: ComfyUI puts comfy/ on sys.path, where "utils" is comfy/utils.py
-    spec = importlib.util.spec_from_file_location("comfyui_extra_config",
-                                                  os.path.join(comfyui_path, "utils", "extra_config.py"))
-    extra_config = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(extra_config)
+    # run by file: ComfyUI puts comfy/ on sys.path, where "utils" is comfy/utils.py
+    load_extra_path_config = runpy.run_path(os.path.join(comfyui_path, "utils", "extra_config.py"))[
+        "load_extra_path_config"]
     loader = pack_module("nodes.folders")
     extra = tmp_path / "my_ipadapters"
     extra.mkdir()
@@ -74,7 +72,7 @@ def test_register_folder_keeps_paths_from_extra_model_paths(comfyui_path, pack_m
     monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter")
     monkeypatch.delitem(folder_paths.filename_list_cache, "ipadapter", raising=False)
 
-    extra_config.load_extra_path_config(str(yaml_path))
+    load_extra_path_config(str(yaml_path))
     assert folder_paths.folder_names_and_paths["ipadapter"][0] == [str(extra)]
     loader.register_folder()
     paths, extensions = folder_paths.folder_names_and_paths["ipadapter"]
@@ -163,12 +161,8 @@ def test_chunked_encoding_gives_the_batched_tokens(run_node, sd15, cv, make_adap
 def test_old_pack_names_find_the_nodes_in_the_node_library(comfy_nodes):
     """Each node lists the old pack's IDs it replaces as search aliases (ComfyUI 0.33 serves SEARCH_ALIASES in
     object_info); the aliases name old-pack nodes the migration knows (migration/schemas.py)."""
-    import importlib
-    import sys
+    from migration import schemas as rules
 
-    migration = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "migration")
-    sys.path.insert(0, migration)
-    rules = importlib.import_module("schemas")
     old_ids = set(rules.OLD_INPUTS) | set(rules.UNSUPPORTED)  # old-pack node IDs the migration knows
     ours = {k: v for k, v in comfy_nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("IPA_")}
     for node_id, cls in ours.items():

@@ -1,6 +1,6 @@
 """The attn2 patch inside a real ComfyUI: where it fires, the invariants, batch layout, stacking, foreign patches.
 
-Tiny SD1.5 (7 sites incl. ("middle", 0, 0)) and SDXL-shaped (11 sites, t in {0, 1}) models from conftest.py.
+Tiny SD1.5 (7 sites incl. ("middle", 0, 0)) and SDXL-shaped (11 sites, t in {0, 1}) models from testkit/tiny_models.py.
 Hand computations use torch's scaled_dot_product_attention; tolerance for those: atol 1e-5 (fp32, values ~1).
 Sampled latents reached by two different routes (a step split, a batch of two vs one) agree to rtol 1e-5, atol 1e-5.
 Invariants (weight 0, empty range, untouched input, determinism) are checked bit for bit.

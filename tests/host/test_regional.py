@@ -1,4 +1,4 @@
-"""IPA Regional Apply in a real ComfyUI (tiny SD1.5 from conftest.py: sites on the 8x8 latent grid and on the
+"""IPA Regional Apply in a real ComfyUI (tiny SD1.5 from testkit/tiny_models.py: sites on the 8x8 latent grid and on the
 once-halved 4x4 grid; 64x64 masks are stretched to the latent, so an 8x8 cell covers 8x8 mask pixels and a 4x4 cell
 16x16).
 
@@ -13,9 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testkit.bench import load_bench  # noqa: E402
-
-measure = load_bench("measure")  # storage walker only; imports no ComfyUI module
+from bench import measure  # storage walker only; imports no ComfyUI module
 
 
 def feathered_left(width_on=24, feather=16, size=64):

@@ -1,4 +1,4 @@
-"""IPA_Reweight: scales adapters already on a MODEL, reusing their tokens (tiny SD1.5 from conftest.py)."""
+"""IPA_Reweight: scales adapters already on a MODEL, reusing their tokens (tiny SD1.5 from testkit/tiny_models.py)."""
 import pytest
 import torch
 

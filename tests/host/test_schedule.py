@@ -1,5 +1,5 @@
-"""weight_schedule / schedule_values on IPA Apply (advanced) in a real ComfyUI (tiny SD1.5 from conftest.py: 7 sites,
-8 heads).
+"""weight_schedule / schedule_values on IPA Apply (advanced) in a real ComfyUI (tiny SD1.5 from
+testkit/tiny_models.py: 7 sites, 8 heads).
 
 Exact claims are bit for bit: "constant" adds no op (the gate stays None over the full range), a factor of 0 or 1
 multiplies the image term exactly, and custom "0, 1" computes the same float32 factor as "linear in". Op and sync
@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testkit.bench import load_bench  # noqa: E402
-
-measure = load_bench("measure")  # measurement tools only; imports no ComfyUI module
+from bench import measure  # measurement tools only; imports no ComfyUI module
 
 SITES = 7
 # Per step and adapter, with a schedule: the step index (argmin over the sigma list), the progress and the factor,

@@ -1,8 +1,8 @@
 """Every example workflow, run end to end through a real ComfyUI server (HTTP /prompt) on random stand-in models.
 
-The server is started once for the module (scripts/run_workflow.ComfyServer) with this pack and the test-only
+The server is started once for the module (testkit.comfy_server.ComfyServer) with this pack and the test-only
 helper nodes as custom node folders; the stand-ins are generated once and cached in <repo>/.standins/.
-Skipped, with the reason, when no ComfyUI is found (scripts/comfyui_env.find_comfyui).
+Skipped, with the reason, when no ComfyUI is found (testkit.comfyui_env.find_comfyui).
 
 The first tests check the example files themselves and need no ComfyUI.
 """
@@ -11,15 +11,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
-import workflow_convert as wc  # noqa: E402
+from testkit import workflow_convert as wc
 
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 SIMPLE = os.path.join(REPO, "example_workflows", "ipadapter_simple.json")
@@ -129,7 +125,7 @@ def test_example_workflow_runs(server, path):
 
 
 def test_simple_weight_changes_the_image(server, simple_graph):
-    from run_workflow import mean_abs_diff
+    from testkit.run_workflow import mean_abs_diff
 
     one = _run_ok(server, wc.set_adapter_weight(simple_graph, 1.0)).images[0]
     zero = _run_ok(server, wc.set_adapter_weight(simple_graph, 0.0)).images[0]

@@ -1,4 +1,4 @@
-"""IPA Style & Composition in a real ComfyUI (tiny SD1.5 and SDXL-shaped models from conftest.py).
+"""IPA Style & Composition in a real ComfyUI (tiny SD1.5 and SDXL-shaped models from testkit/tiny_models.py).
 
 Both tiny models have L = 7 SpatialTransformers, t in execution order: 0 input 1, 1 input 3, 2 middle, 3 output 0,
 4 output 1, 5 output 2, 6 output 3 (SDXL-shaped: depth 2 in input 3, middle, output 0, output 1).

@@ -1,5 +1,5 @@
-"""IPA Apply (tiled) in a real ComfyUI (tiny SD1.5 and tiny CLIP vision from conftest.py: the encoder input is
-32 px; site ("input", 1, 0) sees the full 8x8 latent grid).
+"""IPA Apply (tiled) in a real ComfyUI (tiny SD1.5 and tiny CLIP vision from testkit/tiny_models.py: the encoder
+input is 32 px; site ("input", 1, 0) sees the full 8x8 latent grid).
 
 A 40 x 80 reference (twice as wide as tall) is cut into two 40 px tiles, left and right half, so on a square
 8x8 latent tile 0 owns columns 0-3 and tile 1 columns 4-7. Exact claims are bit for bit: a term multiplied by a

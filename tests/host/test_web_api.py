@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import urllib.parse
 
 import pytest
@@ -147,8 +146,7 @@ def test_errors_match_what_the_node_raises(web_api, pack_module):
 @pytest.mark.slow
 def test_route_is_served_by_a_real_comfyui_server(comfyui_path):
     """The pack registers the route on ComfyUI's PromptServer: GET it over HTTP from a real server."""
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from run_workflow import ComfyServer
+    from testkit.comfy_server import ComfyServer
 
     with ComfyServer(comfyui_path, cpu=True, quiet=True) as server:
         r = server.session.get(server.url + "/ipa/site_weights",

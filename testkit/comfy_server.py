@@ -1,6 +1,6 @@
 """A real, headless ComfyUI server with this pack loaded: start, queue, wait, fetch images, stop.
 
-    from comfy_server import ComfyServer
+    from testkit.comfy_server import ComfyServer
     with ComfyServer(models_dir=".standins/models", helper_nodes=True) as server:
         status, images = server.queue(api_graph)          # "success", [numpy uint8 (H, W, 3), ...]
 
@@ -10,7 +10,7 @@ database in a scratch folder, so nothing is written into the ComfyUI tree). The 
 (``base_path``: checkpoints, clip_vision, ipadapter) and a custom_nodes folder holding a symlink
 ``comfyui_ip_adapter`` -> this repository (none when the ComfyUI's own custom_nodes already holds this checkout;
 with the stand-ins, also the test-only helper_nodes pack). The server is always stopped by its PID at the end.
-scripts/run_workflow.py is the command line around it.
+testkit/run_workflow.py is the command line around it (python3 scripts/run_workflow.py).
 """
 from __future__ import annotations
 
@@ -31,11 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 import requests
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(SCRIPTS)
-sys.path.insert(0, SCRIPTS)
-from comfyui_env import find_comfyui, installed_copies  # noqa: E402
-import workflow_convert as wc  # noqa: E402
+from . import workflow_convert as wc
+from .comfyui_env import REPO, find_comfyui, installed_copies
 
 PACK_LINK = "comfyui_ip_adapter"
 HELPER_NODES = os.path.join(REPO, "tests", "host", "helper_nodes")

@@ -1,7 +1,9 @@
-"""Find the ComfyUI this pack runs in: COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this folder, or ~/ComfyUI."""
+"""Find the ComfyUI this pack runs in (COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this folder, or ~/ComfyUI),
+and import it: ``import_comfyui`` is the one place that puts a ComfyUI folder on sys.path (tests, bench and stand-ins)."""
 from __future__ import annotations
 
 import os
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +27,32 @@ def find_comfyui() -> tuple[str | None, str]:
         return home, "~/ComfyUI"
     return None, ("no ComfyUI found: COMFYUI_PATH is unset, this pack is not inside a ComfyUI custom_nodes/ folder, "
                   "and ~/ComfyUI does not exist")
+
+
+def import_comfyui(path: str, *, cpu: bool = False) -> str:
+    """Make the ComfyUI at ``path`` importable the way its main.py is: the folder first on sys.path, so ``comfy``,
+    ``folder_paths`` and the top-level ``nodes`` are ComfyUI's (never this repository's own ``nodes/`` package, which
+    is on sys.path too when the repo root is). Fails if a module named ``nodes`` was already imported from elsewhere.
+    ``cpu``: force the CPU (``comfy.cli_args.args.cpu``, and the CPU state if comfy.model_management is already
+    imported); otherwise nothing of ComfyUI is imported here (a caller may still set its command line first, e.g.
+    ``comfy.options.enable_args_parsing()``). Returns ``path``."""
+    path = os.path.abspath(path)
+    if sys.path[0] != path:
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    other = sys.modules.get("nodes")
+    if other is not None and not os.path.abspath(getattr(other, "__file__", "") or "").startswith(path):
+        raise RuntimeError(f"a module named 'nodes' was imported from {other.__file__} before ComfyUI's; "
+                           "ComfyUI needs its nodes.py under that name")
+    if cpu:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        mm = sys.modules.get("comfy.model_management")
+        if mm is not None:
+            mm.cpu_state = mm.CPUState.CPU
+    return path
 
 
 def is_pack_copy(path: str) -> bool:
