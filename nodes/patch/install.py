@@ -49,7 +49,8 @@ def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: Apply
     from :func:`plan_for` on the same model and adapter (so only the tokens are checked here). Sites whose
     term is provably 0 get no patch; an apply that patches no site at all is still recorded under
     transformer_options[SILENT_RUNS], so IPA Re-weight finds it. An adapter file with a LoRA (FaceID) also gets
-    its LoRA at ``plan.lora_strength`` through ComfyUI's weight patching (once per model, lora.add_adapter_lora);
+    its LoRA at ``plan.lora_strength`` through ComfyUI's weight patching (once per model, lora.add_adapter_lora),
+    unless the plan is silent (weight 0 everywhere = the model without the adapter, LoRA included);
     ``notes`` (optional) receives what that did, for the node's text."""
     path = _path(adapter, where)
     sites = model_sites(model)
@@ -65,7 +66,8 @@ def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: Apply
         to = m.model_options.setdefault("transformer_options", {})
         to[SILENT_RUNS] = tuple(to.get(SILENT_RUNS, ())) + (run,)
     path.install(m, run, [(i, sites[i].key) for i in active])
-    lora_notes = add_adapter_lora(m, adapter, plan.lora_strength, where=where)
+    # weight 0 everywhere turns the whole adapter off, its LoRA included (the graph without the adapter)
+    lora_notes = add_adapter_lora(m, adapter, plan.lora_strength, where=where) if active else []
     if notes is not None:
         notes.extend(lora_notes)
     return m

@@ -83,17 +83,19 @@ def test_missing_face_models_list_every_folder_looked_in(face_root, run_node):
 def test_faceid_finds_the_face_and_weight_and_lora_act(adapters, face_models, sd15, run_node, sample):
     image = face_image((200, 120))
     plain = sample(sd15)
-    out = apply(run_node, sd15, adapters["faceid"], face_models, image, weight=0.0, lora_strength=0.0)
+    out = apply(run_node, sd15, adapters["faceid"], face_models, image, weight=0.0)
     model, crops = out["result"]
-    assert torch.equal(sample(model), plain), "weight 0 and LoRA 0 must be the model without the adapter"
+    assert torch.equal(sample(model), plain), "weight 0 must be the model without the adapter, LoRA included"
+    assert not model.patches
     assert crops.shape == (1, 224, 224, 3) and crops.mean() > 0.05, "the aligned crop shows the blob"
 
-    lora_only = apply(run_node, sd15, adapters["faceid"], face_models, image, weight=0.0)["result"][0]
     term_only = apply(run_node, sd15, adapters["faceid"], face_models, image, lora_strength=0.0)["result"][0]
     both = apply(run_node, sd15, adapters["faceid"], face_models, image)
+    assert not term_only.patches, "lora_strength 0 = no LoRA"
     scale = plain.abs().mean()
-    for m in (lora_only, term_only, both["result"][0]):
-        assert (sample(m) - plain).abs().max() > 1e-3 * scale
+    term, full = sample(term_only), sample(both["result"][0])
+    assert (term - plain).abs().max() > 1e-3 * scale
+    assert (full - term).abs().max() > 1e-3 * scale, "the LoRA changes the result"
     assert not sd15.patches, "the caller's model keeps no LoRA patch"
     assert len(both["result"][0].patches) == len(adapters["faceid"].lora) // 2
     assert any("LoRA" in t for t in both["ui"]["text"])
