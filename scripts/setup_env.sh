@@ -4,8 +4,10 @@
 #   ComfyUI's requirements.txt            minus torch/torchvision/torchaudio (if a ComfyUI is found)
 #   torchaudio                            only if that ComfyUI lists it and it is missing: the newest release,
 #                                         --no-deps (its torch pin would replace torch), kept only if it imports
+#   requirements.txt                      this pack's own (onnxruntime: FaceID's face models)
 #   requests                              the demo's HTTP client
-#   --test: pytest, diffusers             the test suite (diffusers is the reference implementation)
+#   --test: pytest, diffusers, onnx       the test suite (diffusers is the reference implementation; onnx builds
+#                                         the face-model stand-ins)
 #   --test: chromium (apt, as root), playwright   the browser tests; optional, failure only skips those tests
 # Idempotent: when everything is present it only checks (a second or two) and installs nothing.
 # Env: PYTHON (default python3), COMFYUI_PATH (see testkit/comfyui_env.py).
@@ -63,8 +65,10 @@ if [ -n "$COMFY" ] && [ -f "$COMFY/requirements.txt" ]; then
 else
   echo "setup_env: no ComfyUI found, so its requirements are not checked (testkit/comfyui_env.py says where it looks)"
 fi
+# this pack's own requirements (what ComfyUI-Manager installs from requirements.txt: onnxruntime, for FaceID)
+while IFS= read -r line; do REQS+=("$line"); done < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$REPO/requirements.txt" | grep -v '^\s*$')
 REQS+=("requests")
-if [ "$WANT_TEST" = 1 ]; then REQS+=("pytest" "diffusers"); fi
+if [ "$WANT_TEST" = 1 ]; then REQS+=("pytest" "diffusers" "onnx"); fi
 
 # Which requirements are not satisfied by what is installed (name + version specifier, markers honoured)?
 MISSING="$("$PY" - "${REQS[@]}" <<'PYEOF'

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 
-from . import standins
+from . import faceid_standins, standins
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-extensions",
@@ -101,7 +101,10 @@ def ui_standins(workflow: dict) -> dict:
             node["type"] = "IPATest_CLIPVisionLoaderJSON"
             values[0] = standins.CLIP_VISION
         elif kind == "IPA_ModelLoader":
-            values[0] = standins.ADAPTER_PLUS if "plus" in values[0] else standins.ADAPTER
+            values[0] = (faceid_standins.adapter_for(values[0]) if "faceid" in values[0].lower()
+                         else standins.ADAPTER_PLUS if "plus" in values[0] else standins.ADAPTER)
+        elif kind == "IPA_FaceModelLoader":
+            values[0] = faceid_standins.FACE_MODELS
         elif kind == "EmptyLatentImage":
             values[0] = values[1] = 64
         elif kind == "KSampler":

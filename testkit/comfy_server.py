@@ -50,12 +50,13 @@ class Run:
     """The outcome of one prompt. Unpacks as ``status, images = run``."""
 
     status: str                      # "success", "error" (execution failed) or "invalid" (rejected by validation)
-    images: list[np.ndarray]         # uint8 (H, W, 3), in output-node order
+    images: list[np.ndarray]         # uint8 (H, W, 3), in output-node order: the saved images (SaveImage)
     prompt_id: str = ""
     error: str = ""                  # readable error (validation or execution), "" on success
     cached_nodes: list[str] = field(default_factory=list)
     history: dict = field(default_factory=dict)
     seconds: float = 0.0
+    previews: list[np.ndarray] = field(default_factory=list)  # PreviewImage's (temporary) images
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.status, self.images))
@@ -145,7 +146,7 @@ class ComfyServer:
         lines = ["ipa_harness:"]
         if self.models_dir:
             lines += [f"    base_path: {json.dumps(self.models_dir)}", "    checkpoints: checkpoints",
-                      "    clip_vision: clip_vision", "    ipadapter: ipadapter"]
+                      "    clip_vision: clip_vision", "    ipadapter: ipadapter", "    insightface: insightface"]
         lines.append(f"    custom_nodes: {json.dumps(nodes_dir)}")
         yaml_path = os.path.join(self.workdir, "extra_model_paths.yaml")
         with open(yaml_path, "w") as f:
@@ -296,10 +297,11 @@ class ComfyServer:
             time.sleep(0.1)
         messages = state.get("messages", [])
         cached = [n for kind, data in messages if kind == "execution_cached" for n in data.get("nodes", [])]
-        images = ([self.view(img) for out in entry.get("outputs", {}).values() for img in out.get("images", [])]
-                  if fetch_images else [])
+        found = [img for out in entry.get("outputs", {}).values() for img in out.get("images", [])]
+        images = [self.view(img) for img in found if img.get("type") != "temp"] if fetch_images else []
+        previews = [self.view(img) for img in found if img.get("type") == "temp"] if fetch_images else []
         return Run(state.get("status_str", "unknown"), images, prompt_id, error=_execution_message(messages),
-                   cached_nodes=cached, history=entry, seconds=time.time() - t0)
+                   cached_nodes=cached, history=entry, seconds=time.time() - t0, previews=previews)
 
     def queue_state(self) -> dict:
         """GET /queue: {"queue_running": [...], "queue_pending": [...]}."""

@@ -12,6 +12,7 @@ The pictures they produce are noise-like and mean nothing.
                                                           tests/host/helper_nodes (IPATest_CLIPVisionLoaderJSON)
     models/ipadapter/ipa_standin_sd15.safetensors         base adapter (reads the 48-wide image embeds)
     models/ipadapter/ipa_standin_plus_sd15.safetensors    plus adapter (resampler over the 64-wide hidden states)
+    the FaceID adapters and face models of testkit/faceid_standins.py, where the onnx package is importable
 
 Files that exist and are listed in the manifest with the current VERSION and the hash of the code that wrote them
 (this module and testkit/adapters.py), with their size and (checkpoint) all three parts, are kept; the rest are
@@ -29,6 +30,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
+from . import faceid_standins as faces
 from .comfyui_env import REPO, find_comfyui, import_comfyui
 
 DEFAULT_MODELS_DIR = os.path.join(REPO, ".standins", "models")
@@ -49,6 +51,13 @@ FILES = {  # key -> path relative to the models dir
 }
 PRODUCES = {"checkpoint": ("checkpoint",), "clip_vision": ("clip_vision_json", "clip_vision"),
             "adapter": ("adapter",), "adapter_plus": ("adapter_plus",)}  # generator -> the FILES it writes
+FILES.update(faces.FILES)
+PRODUCES.update(faces.PRODUCES)
+
+
+def _wanted() -> dict[str, tuple[str, ...]]:
+    """The generators to run here: the FaceID ones only where they can be built (onnx importable)."""
+    return {k: v for k, v in PRODUCES.items() if faces.available() or k not in faces.PRODUCES}
 
 # SD1.5 family as ComfyUI detects it (model_channels 320, context 768), shrunk to two levels of one res block each.
 UNET_CONFIG = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False,
@@ -80,7 +89,7 @@ def is_fresh(models_dir: str | None = None) -> bool:
     """True when every stand-in exists with the current version (no ComfyUI import needed)."""
     base = os.path.abspath(models_dir or DEFAULT_MODELS_DIR)
     manifest = _read_manifest(base)
-    return all(_fresh(base, manifest, rel) for rel in FILES.values())
+    return all(_fresh(base, manifest, FILES[f]) for files in _wanted().values() for f in files)
 
 
 def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: bool = False,
@@ -91,7 +100,9 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
     log(BANNER)
     with _locked(os.path.join(base, ".lock")):
         manifest = _read_manifest(base)
-        todo = [name for name, files in PRODUCES.items()
+        if not faces.available():
+            log("  the FaceID stand-ins are skipped: they need the onnx package (pip install onnx)")
+        todo = [name for name, files in _wanted().items()
                 if force or not all(_fresh(base, manifest, FILES[f]) for f in files)]
         if not todo:
             log(f"stand-ins up to date in {base}")
@@ -99,7 +110,11 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
         if {"checkpoint", "clip_vision"} & set(todo):
             _import_comfy(comfyui)
         makers = {"checkpoint": _make_checkpoint, "clip_vision": _make_clip_vision, "adapter": _make_adapter,
-                  "adapter_plus": _make_adapter_plus}
+                  "adapter_plus": _make_adapter_plus,
+                  "adapters_faceid": lambda b: faces.make_adapters(b, site_dims=SITE_DIMS, seed=SEED + 3,
+                                                                   clip_hidden=CLIP_VISION_CONFIG["hidden_size"],
+                                                                   save=_save_tensors),
+                  "face_models": lambda b: faces.make_face_models(b, seed=SEED + 4)}
         for name in todo:
             t0 = time.time()
             makers[name](base)
@@ -133,7 +148,8 @@ def _source_stamp() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for path in (os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)), "adapters.py")):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in [os.path.abspath(__file__), os.path.join(here, "adapters.py")] + [os.path.join(here, n) for n in faces.SOURCES]:
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from . import standins
+from . import faceid_standins, standins
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -37,7 +37,7 @@ LOADERS = {
     "IPA_ModelLoader": ("ipadapter_file", "ipadapter"),
 }
 ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced", "IPA_ApplyTiled", "IPA_RegionalApply",
-                   "IPA_StyleComposition")
+                   "IPA_StyleComposition", "IPA_ApplyFaceID")
 # The weight inputs of the apply nodes that have no single 'weight'.
 WEIGHT_INPUTS = {"IPA_RegionalApply": ("weight_1", "weight_2", "weight_3", "weight_4"),
                  "IPA_StyleComposition": ("weight_style", "weight_composition")}
@@ -209,8 +209,12 @@ def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_v
             if helper_clip_vision:
                 node["class_type"] = "IPATest_CLIPVisionLoaderJSON"
         elif ct == "IPA_ModelLoader":
-            plus = "plus" in str(inp.get("ipadapter_file", "")).lower()
-            inp["ipadapter_file"] = standins.ADAPTER_PLUS if plus else standins.ADAPTER
+            name = str(inp.get("ipadapter_file", ""))
+            plus = "plus" in name.lower()
+            inp["ipadapter_file"] = (faceid_standins.adapter_for(name) if "faceid" in name.lower()
+                                     else standins.ADAPTER_PLUS if plus else standins.ADAPTER)
+        elif ct == "IPA_FaceModelLoader":
+            inp["model_name"] = faceid_standins.FACE_MODELS
         elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inp["width"] = inp["height"] = size
         if "steps" in inp and isinstance(inp["steps"], int):

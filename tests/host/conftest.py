@@ -173,6 +173,7 @@ def host(pack_module):
 # --------------------------------------------------------------------------------------------- real servers
 
 REFERENCE_IMAGE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
+FACE_REFERENCE_IMAGE = os.path.join(REPO, "example_workflows", "ipadapter_face_reference.jpg")  # the FaceID examples'
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +191,10 @@ def standins_dir(comfyui_path) -> str:
 @pytest.fixture(scope="module")
 def standin_server(comfyui_path, standins_dir):
     """A real ComfyUI server (testkit.comfy_server.ComfyServer, --cpu) for the module, with this pack, the test helper
-    nodes and the stand-ins as its model folders; the example's reference image is in its input folder."""
+    nodes and the stand-ins as its model folders; the examples' reference images are in its input folder."""
     from testkit.comfy_server import ComfyServer
 
     with ComfyServer(comfyui_path, models_dir=standins_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
         srv.copy_input(REFERENCE_IMAGE)
+        srv.copy_input(FACE_REFERENCE_IMAGE)
         yield srv
