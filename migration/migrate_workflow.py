@@ -39,7 +39,9 @@ class _Rewrite:
                  consumers: dict[tuple[Any, int], list[Any]]):
         encoders = {i: True for i, o in olds.items() if o.type == "IPAdapterEncoder"}
         self.olds = olds
-        self.plans: dict[Any, Plan | str] = {i: plan_node(o, available, encoders) for i, o in olds.items()}
+        faceid_loaders = {i: o.values for i, o in olds.items() if o.type == "IPAdapterUnifiedLoaderFaceID"}
+        self.plans: dict[Any, Plan | str] = {i: plan_node(o, available, encoders, faceid_loaders)
+                                             for i, o in olds.items()}
         self.plans.update(regional_plans(olds, consumers, available))
         self.ids: dict[tuple[Any, str], Any] = {}
         self.outputs: dict[tuple[Any, int], tuple[Any, int, str] | str] = {}

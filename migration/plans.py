@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schemas import COMPAT, INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS, UNSUPPORTED
+from .schemas import (COMPAT, FACEID_PRESETS, INTERPOLATIONS, OLD_CLIP_CROP, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS,
+                      UNSUPPORTED)
 
 # ---------------------------------------------------------------------------------------------- conversion plans
 
@@ -118,12 +119,74 @@ def _boost_factor(old: Old, name: str, default: float) -> tuple[float, list[str]
     return boost / weight, []
 
 
-def plan_node(old: Old, available: set[str], encoders: dict[Any, bool]) -> Plan | str:
+def _faceid_plan(old: Old, loaders: dict[Any, dict[str, Any]]) -> Plan:
+    """IPAdapterFaceID (+ its Batch) -> IPA_ApplyFaceID. The face models: the old node's insightface link, else an
+    IPA Load Face Models (with the provider of the FaceID unified loader its ipadapter comes from). The LoRA: the old
+    unified FaceID loader put the separate _lora file on its MODEL at lora_strength; here the LoRA inside the
+    adapter file goes on at that strength. Without that loader the old graph loads the LoRA itself (a LoRA loader),
+    so lora_strength is 0 (not applied twice)."""
+    v, ln = old.values, old.links
+    notes, info = [], []
+    nodes: dict[str, tuple[str, dict[str, Any]]] = {}
+    src = ln.get("ipadapter")
+    loader = loaders.get(src.node) if isinstance(src, Src) else None
+    if "insightface" in ln:
+        faces = ln["insightface"]
+    else:
+        nodes["faces"] = ("IPA_FaceModelLoader", {"model_name": "buffalo_l",
+                                                  "provider": (loader or {}).get("provider", "CPU")})
+        faces = New("faces", 0)
+        info.append("face models from an added IPA Load Face Models (buffalo_l)")
+    if loader is not None:
+        lora = loader.get("lora_strength", 0.6)
+        info.append(f"lora_strength {lora} from the unified FaceID loader: the LoRA inside the adapter file")
+    else:
+        lora = 0.0
+        info.append("lora_strength 0: without the unified FaceID loader the old graph loads the FaceID LoRA itself")
+    if v.get("combine_embeds", "concat") != "concat":
+        notes.append(f"combine_embeds {v.get('combine_embeds')!r} dropped (IPA Apply FaceID concatenates the faces; "
+                     "use IPA Encode Face + IPA Combine Embeds)")
+    if "image_negative" in ln:
+        notes.append("'image_negative' dropped (FaceID's uncond is the zero face embedding)")
+    notes.append("no compatibility setting on IPA Apply FaceID: this pack's middle-block term (the old pack's "
+                 "never ran)")
+    main = {"model": ln.get("model"), "ipadapter": src, "face_models": faces, "image": ln.get("image"),
+            "clip_vision": _clip(ln), "attn_mask": ln.get("attn_mask"), "lora_strength": lora,
+            "unfold_batch": old.type == "IPAAdapterFaceIDBatch", "clip_crop_colors": OLD_CLIP_CROP}
+    for name in ("weight", "weight_faceidv2", "weight_type", "start_at", "end_at", "embeds_scaling"):
+        main[name] = ln.get(name, v.get(name))
+    nodes["main"] = ("IPA_ApplyFaceID", main)
+    return Plan(nodes, {0: ("main", 0), 1: ("main", 1)}, notes=notes, info=info)
+
+
+def plan_node(old: Old, available: set[str], encoders: dict[Any, bool],
+              faceid_loaders: dict[Any, dict[str, Any]] | None = None) -> Plan | str:
     """The conversion of one old node, or the reason it cannot be converted. ``encoders``: old node id -> True for
-    the IPAdapterEncoder nodes that are converted."""
+    the IPAdapterEncoder nodes that are converted; ``faceid_loaders``: old IPAdapterUnifiedLoaderFaceID id -> its
+    values (lora_strength, provider)."""
     t, v, ln = old.type, old.values, old.links
     if t in UNSUPPORTED:
         return (UNSUPPORTED[t])
+    if t in ("IPAdapterFaceID", "IPAAdapterFaceIDBatch"):
+        if "IPA_ApplyFaceID" not in available:
+            return "IPA_ApplyFaceID is not available in this version of the pack"
+        return _faceid_plan(old, faceid_loaders or {})
+    if t == "IPAdapterInsightFaceLoader":
+        if "IPA_FaceModelLoader" not in available:
+            return "IPA_FaceModelLoader is not available in this version of the pack"
+        notes = [] if v.get("model_name", "buffalo_l") == "buffalo_l" else [
+            f"model_name {v.get('model_name')!r}: FaceID adapters were trained with buffalo_l"]
+        return Plan({"main": ("IPA_FaceModelLoader", {"model_name": v.get("model_name", "buffalo_l"),
+                                                      "provider": v.get("provider", "CPU")})}, {0: ("main", 0)},
+                    notes=notes, info=["the same buffalo_l files, run with onnxruntime (no insightface package)"])
+    if t == "IPAdapterUnifiedLoaderFaceID":
+        preset = FACEID_PRESETS.get(v.get("preset"))
+        if preset is None or "IPA_UnifiedLoader" not in available:
+            return f"preset {v.get('preset')!r} has no counterpart"
+        info = ["the LoRA moves to the FaceID apply node (the one inside the adapter file, at this lora_strength); "
+                "MODEL is passed through"]
+        return Plan({"main": ("IPA_UnifiedLoader", {"model": ln.get("model"), "preset": preset})},
+                    {0: ("main", 0), 1: ("main", 1)}, companions={1: ("main", 2)}, info=info)
     if t in ("IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderCommunity"):
         preset = UNIFIED_PRESETS.get(v.get("preset"))
         if preset is None:

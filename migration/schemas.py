@@ -56,16 +56,21 @@ OLD_INPUTS: dict[str, list[tuple[str, str]]] = {
     "IPAdapterFromParams": [*_HEAD, ("ipadapter_params", "IPADAPTER_PARAMS"), ("combine_embeds", W),
                             ("embeds_scaling", W), ("image_negative", "IMAGE"), ("clip_vision", "CLIP_VISION")],
 }
+OLD_INPUTS["IPAdapterFaceID"] = [*_HEAD, ("image", "IMAGE"), ("weight", W), ("weight_faceidv2", W), ("weight_type", W),
+                                 ("combine_embeds", W), *_RANGE, ("embeds_scaling", W), *_OLD_APPLY_TAIL,
+                                 ("insightface", "INSIGHTFACE")]
+OLD_INPUTS["IPAAdapterFaceIDBatch"] = OLD_INPUTS["IPAdapterFaceID"]  # sic: the old pack's class name
+OLD_INPUTS["IPAdapterUnifiedLoaderFaceID"] = [("model", "MODEL"), ("preset", W), ("lora_strength", W), ("provider", W),
+                                              ("ipadapter", "IPADAPTER")]
+OLD_INPUTS["IPAdapterInsightFaceLoader"] = [("provider", W), ("model_name", W)]
 for _name in ("IPAdapterEmbedsBatch",):
     OLD_INPUTS[_name] = OLD_INPUTS["IPAdapterEmbeds"]
 for _name in ("IPAdapterPreciseStyleTransfer", "IPAdapterPreciseComposition"):
     OLD_INPUTS[_name + "Batch"] = OLD_INPUTS[_name]
 
 # Old nodes with no counterpart: the reason shown in the report.
-FACEID = "FaceID needs insightface and is not supported by this pack"
 UNSUPPORTED = {
-    "IPAdapterFaceID": FACEID, "IPAAdapterFaceIDBatch": FACEID, "IPAdapterFaceIDKolors": FACEID,
-    "IPAdapterUnifiedLoaderFaceID": FACEID, "IPAdapterInsightFaceLoader": FACEID,
+    "IPAdapterFaceIDKolors": "Kolors FaceID (and Kolors) is not supported by this pack",
     "IPAdapterClipVisionEnhancer": "no ClipVision Enhancer in this pack (use IPA Prep Image or IPA Apply (tiled))",
     "IPAdapterClipVisionEnhancerBatch": "no ClipVision Enhancer in this pack",
     "IPAdapterFromParams": "regional params are not converted automatically: rebuild them with IPA Regional Apply",
@@ -160,6 +165,20 @@ TARGETS: dict[str, Target] = {
          "interpolation": "bicubic", "sharpening": 0.0},
         (("model", "MODEL"), ("tiles", "IMAGE"), ("masks", "MASK"))),
 }
+_FACE_OPTIONS = (("face_select", W), ("face_index", W), ("no_face", W), ("det_size", W), ("clip_crop_colors", W))
+TARGETS["IPA_ApplyFaceID"] = Target(
+    "IPA Apply FaceID",
+    (("model", "MODEL"), ("ipadapter", "IPA_ADAPTER"), ("face_models", "IPA_FACE_MODELS"), ("image", "IMAGE"),
+     ("weight", W), ("weight_faceidv2", W), ("weight_type", W), *_APPLY_RANGE, ("embeds_scaling", W),
+     ("lora_strength", W), ("clip_vision", "CLIP_VISION"), ("attn_mask", "MASK"), ("unfold_batch", W),
+     *_FACE_OPTIONS),
+    {"weight": 1.0, "weight_faceidv2": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0,
+     "embeds_scaling": "V only", "lora_strength": 1.0, "unfold_batch": False, "face_select": "best", "face_index": 0,
+     "no_face": "error", "det_size": "640 down to 320", "clip_crop_colors": "reference (BGR)"},
+    (("model", "MODEL"), ("face_image", "IMAGE")))
+TARGETS["IPA_FaceModelLoader"] = Target("IPA Load Face Models", (("model_name", W), ("provider", W)),
+                                        {"model_name": "buffalo_l", "provider": "CPU"},
+                                        (("face_models", "IPA_FACE_MODELS"),))
 SEED_WIDGETS = {("IPA_NoiseImage", "seed")}  # the editor stores a control_after_generate value after these
 
 UNIFIED_PRESETS = {
@@ -167,6 +186,12 @@ UNIFIED_PRESETS = {
     "VIT-G (medium strength)": "vit-G", "PLUS (high strength)": "plus", "PLUS FACE (portraits)": "plus face",
     "FULL FACE - SD1.5 only (portraits stronger)": "full face", "Composition": "composition",
 }
+FACEID_PRESETS = {
+    "FACEID": "faceid", "FACEID PLUS - SD1.5 only": "faceid plus", "FACEID PLUS V2": "faceid plus v2",
+    "FACEID PORTRAIT (style transfer)": "faceid portrait",
+    "FACEID PORTRAIT UNNORM - SDXL only (strong)": "faceid portrait unnorm",
+}
+OLD_CLIP_CROP = "ComfyUI_IPAdapter_plus (RGB)"  # the old pack fed CLIP the RGB face crop
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
 INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "BILINEAR": "bilinear", "NEAREST": "nearest",
                   "BOX": "area", "HAMMING": "bilinear"}

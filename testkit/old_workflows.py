@@ -7,7 +7,8 @@ from __future__ import annotations
 
 # The target nodes a converted workflow may use (the migration's ``available``).
 ALL = {"IPA_UnifiedLoader", "IPA_ModelLoader", "IPA_Encode", "IPA_ApplyAdvanced", "IPA_CombineEmbeds",
-       "IPA_NoiseImage", "IPA_PrepImage", "IPA_SaveEmbeds", "IPA_StyleComposition", "IPA_ApplyTiled"}
+       "IPA_NoiseImage", "IPA_PrepImage", "IPA_SaveEmbeds", "IPA_StyleComposition", "IPA_ApplyTiled",
+       "IPA_ApplyFaceID", "IPA_FaceModelLoader"}
 COMPAT = "ComfyUI_IPAdapter_plus"
 # IPA_ApplyAdvanced's widgets, in order, at their defaults (the brief's interface of the node).
 ADV_DEFAULTS = [1.0, "linear", 0.0, 1.0, "V only", "", 1.0, "constant", "", False, "", "this pack", 1.0]

@@ -172,23 +172,75 @@ def test_encoder_and_embeds_become_encode_and_apply_with_embeds():
 def test_unmapped_nodes_are_reported_and_left_in_place():
     ui = UI()
     checkpoint(ui)
-    ui.node(2, "IPAdapterUnifiedLoaderFaceID", inputs=[("model", "MODEL"), ("ipadapter", "IPADAPTER")],
-            outputs=[("MODEL", "MODEL"), ("ipadapter", "IPADAPTER")], widgets=["FACEID", 0.6, "CPU"])
-    ui.node(3, "IPAdapterFaceID", inputs=OLD_ADVANCED_IN + [("insightface", "INSIGHTFACE")],
-            outputs=[("MODEL", "MODEL"), ("face_image", "IMAGE")],
-            widgets=[1.0, 1.0, "linear", "concat", 0.0, 1.0, "V only"])
+    ui.node(3, "IPAdapterFaceIDKolors", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL"),
+                                                                              ("face_image", "IMAGE")],
+            widgets=[1.0, 1.0, 1.0, "linear", "concat", 0.0, 1.0, "V only"])
     ui.node(4, "SomeOtherPackNode", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[3])
-    ui.link(1, 0, 2, "model")
-    ui.link(2, 0, 3, "model")
-    ui.link(2, 1, 3, "ipadapter")
+    ui.link(1, 0, 3, "model")
     ui.link(3, 0, 4, "model")
     old = ui.workflow()
     new, entries = mw.migrate(old, available=ALL)
     assert new == old
-    assert [(e.node, e.status) for e in entries] == [(2, "unmapped"), (3, "unmapped")]
-    assert all("FaceID" in e.notes[0] for e in entries)
+    assert [(e.node, e.status) for e in entries] == [(3, "unmapped")]
+    assert "Kolors" in entries[0].notes[0]
     text = mw.report_text(entries)
-    assert text.startswith("0 converted, 0 approximate, 2 unmapped") and "IPAdapterFaceID" in text
+    assert text.startswith("0 converted, 0 approximate, 1 unmapped") and "IPAdapterFaceIDKolors" in text
+
+
+FACEID_OUT = [("MODEL", "MODEL"), ("face_image", "IMAGE")]
+
+
+def test_faceid_unified_loader_and_apply_convert_with_the_loras_strength():
+    """IPAdapterUnifiedLoaderFaceID + IPAdapterFaceID -> IPA Unified Loader (FaceID preset) + IPA Apply FaceID with
+    the loader's lora_strength (the LoRA inside the adapter file now) and an added IPA Load Face Models with the
+    loader's provider; the old widgets map by name, the old pack's RGB CLIP crop is kept."""
+    ui = UI()
+    checkpoint(ui)
+    ui.node(2, "IPAdapterUnifiedLoaderFaceID", inputs=[("model", "MODEL"), ("ipadapter", "IPADAPTER")],
+            outputs=[("MODEL", "MODEL"), ("ipadapter", "IPADAPTER")], widgets=["FACEID PLUS V2", 0.7, "CUDA"])
+    ui.node(3, "IPAdapterFaceID", inputs=OLD_ADVANCED_IN + [("insightface", "INSIGHTFACE")], outputs=FACEID_OUT,
+            widgets=[0.8, 1.5, "ease in", "concat", 0.1, 0.9, "K+V"])
+    ui.node(4, "PreviewImage", inputs=[("images", "IMAGE")], outputs=[])
+    ui.link(1, 0, 2, "model")
+    ui.link(2, 0, 3, "model")
+    ui.link(2, 1, 3, "ipadapter")
+    ui.link(3, 1, 4, "images")
+    new, entries = mw.migrate(ui.workflow(), available=ALL)
+    nodes = by_id(new)
+    assert nodes[2]["type"] == "IPA_UnifiedLoader" and nodes[2]["widgets_values"][0] == "faceid plus v2"
+    assert nodes[3]["type"] == "IPA_ApplyFaceID"
+    widgets = dict(zip(mw.TARGETS["IPA_ApplyFaceID"].widgets(), nodes[3]["widgets_values"]))
+    assert widgets["weight"] == 0.8 and widgets["weight_faceidv2"] == 1.5 and widgets["weight_type"] == "ease in"
+    assert (widgets["start_at"], widgets["end_at"], widgets["embeds_scaling"]) == (0.1, 0.9, "K+V")
+    assert widgets["lora_strength"] == 0.7 and widgets["clip_crop_colors"] == "ComfyUI_IPAdapter_plus (RGB)"
+    assert widgets["unfold_batch"] is False
+    faces = [n for n in new["nodes"] if n["type"] == "IPA_FaceModelLoader"]
+    assert len(faces) == 1 and faces[0]["widgets_values"] == ["buffalo_l", "CUDA"]
+    assert input_source(new, 3, "face_models") == (faces[0]["id"], 0, "IPA_FACE_MODELS")
+    assert input_source(new, 3, "clip_vision") == (2, 2, "CLIP_VISION")  # the loader's CLIP vision (Plus)
+    assert input_source(new, 3, "ipadapter") == (2, 1, "IPA_ADAPTER")
+    assert input_source(new, 4, "images") == (3, 1, "IMAGE")
+    assert entry(entries, 3).status == "approximate" and entry(entries, 2).status == "converted"
+
+
+def test_faceid_with_an_insightface_loader_and_a_separate_lora_keeps_the_lora_off():
+    ui = UI()
+    checkpoint(ui)
+    ui.node(2, "IPAdapterModelLoader", outputs=[("IPADAPTER", "IPADAPTER")], widgets=["ip-adapter-faceid_sd15.bin"])
+    ui.node(5, "IPAdapterInsightFaceLoader", outputs=[("INSIGHTFACE", "INSIGHTFACE")], widgets=["ROCM", "buffalo_l"])
+    ui.node(3, "IPAAdapterFaceIDBatch", inputs=OLD_ADVANCED_IN + [("insightface", "INSIGHTFACE")], outputs=FACEID_OUT,
+            widgets=[1.0, 1.0, "linear", "concat", 0.0, 1.0, "V only"])
+    ui.link(1, 0, 3, "model")
+    ui.link(2, 0, 3, "ipadapter")
+    ui.link(5, 0, 3, "insightface")
+    new, entries = mw.migrate(ui.workflow(), available=ALL)
+    nodes = by_id(new)
+    assert nodes[5]["type"] == "IPA_FaceModelLoader" and nodes[5]["widgets_values"] == ["buffalo_l", "ROCM"]
+    assert input_source(new, 3, "face_models") == (5, 0, "IPA_FACE_MODELS")
+    widgets = dict(zip(mw.TARGETS["IPA_ApplyFaceID"].widgets(), nodes[3]["widgets_values"]))
+    assert widgets["lora_strength"] == 0.0 and widgets["unfold_batch"] is True
+    assert not [n for n in new["nodes"] if n["type"] == "IPA_FaceModelLoader" and n["id"] != 5]
+    assert entry(entries, 5).status == "converted"
 
 
 def test_dropped_output_into_an_unconverted_node_is_reported():

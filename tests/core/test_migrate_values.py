@@ -107,9 +107,9 @@ def test_available_nodes_reads_the_registration():
 
 def test_command_line(tmp_path):
     old = simple_workflow()
-    faceid = {"id": 9, "type": "IPAdapterInsightFaceLoader", "pos": [0, 0], "size": [1, 1], "mode": 0, "inputs": [],
-              "outputs": [{"name": "INSIGHTFACE", "type": "INSIGHTFACE", "links": [], "slot_index": 0}],
-              "widgets_values": ["CPU", "buffalo_l"]}
+    faceid = {"id": 9, "type": "IPAdapterFaceIDKolors", "pos": [0, 0], "size": [1, 1], "mode": 0, "inputs": [],
+              "outputs": [{"name": "MODEL", "type": "MODEL", "links": [], "slot_index": 0}],
+              "widgets_values": [1.0]}
     old["nodes"].append(faceid)
     src, dst = tmp_path / "old.json", tmp_path / "new.json"
     src.write_text(json.dumps(old))
@@ -117,7 +117,7 @@ def test_command_line(tmp_path):
     run = subprocess.run([sys.executable, script, str(src), "-o", str(dst)], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr
-    assert "1 unmapped" in run.stderr and "IPAdapterInsightFaceLoader" in run.stderr
+    assert "1 unmapped" in run.stderr and "IPAdapterFaceIDKolors" in run.stderr and "Kolors" in run.stderr
     new = json.loads(dst.read_text())
     assert by_id(new)[3]["type"] == "IPA_ApplyAdvanced" and by_id(new)[9] == faceid
     strict = subprocess.run([sys.executable, script, str(src), "-o", str(dst), "--strict"], capture_output=True,
