@@ -196,3 +196,19 @@ def test_unified_loader_faceid_preset_gives_no_clip_vision(adapters, sd15, run_n
     assert adapter.spec.kind == "faceid" and "IPA Load Face Models" in out["ui"]["text"][0]
     out = run_node("IPA_UnifiedLoader", model=sd15, preset="faceid portrait")
     assert out["result"][1].spec.kind == "portrait"
+
+
+def test_without_onnxruntime_the_face_loader_says_what_to_install(pack, run_node, tmp_path, monkeypatch):
+    """onnxruntime not importable: IPA Load Face Models names the package to install (on fresh files, so no cache
+    answers for it); the pack's other nodes are unaffected (they never import it)."""
+    import sys
+
+    import folder_paths
+
+    onnx_faces.buffalo_folder(str(tmp_path), detector="planted", name="ort_missing_set")
+    paths, ext = folder_paths.folder_names_and_paths["insightface"]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(tmp_path)] + list(paths), ext))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(ValueError) as e:
+        run_node("IPA_FaceModelLoader", model_name="ort_missing_set", provider="CPU")
+    assert str(e.value).startswith("IPA Load Face Models") and "pip install onnxruntime" in str(e.value)
