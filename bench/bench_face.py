@@ -1,6 +1,6 @@
 """Face pipeline cost on the CPU: ip_adapter_core.face next to insightface on the same ONNX files.
 
-Run ``python3 bench/bench_face.py`` (``--help`` for the options). Nothing is downloaded: the models are the test kit's
+Run ``python3 scripts/bench_face.py`` (``--help`` for the options). Nothing is downloaded: the models are the test kit's
 (testkit/onnx_faces.py) with buffalo_l's I/O signatures and small random weights, so the figures measure the
 pipeline around the networks (letterbox, decode, NMS, alignment, blobs, session calls), not det_10g / w600k_r50's
 own compute, which is the same onnxruntime call on both sides.
@@ -18,16 +18,12 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script: the pack's core and the test kit live at the repo root
-    sys.path.insert(0, REPO)
 
 
 def rss_mb() -> float:
