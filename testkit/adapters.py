@@ -105,3 +105,36 @@ SD15_T = {("input", 1): 0, ("input", 2): 1, ("input", 4): 2, ("input", 5): 3, ("
           ("output", 7): 11, ("output", 8): 12, ("output", 9): 13, ("output", 10): 14, ("output", 11): 15}
 SDXL_T = {("input", 4): 0, ("input", 5): 1, ("input", 7): 2, ("input", 8): 3, ("middle", 0): 4, ("output", 0): 5,
           ("output", 1): 6, ("output", 2): 7, ("output", 3): 8, ("output", 4): 9, ("output", 5): 10}
+
+
+def write_sparse_safetensors(path, shapes: dict) -> str:
+    """A valid fp16 safetensors file with the given tensor shapes (name -> shape) whose data is a hole (reads as
+    zeros; no disk used, nothing to read): header-scan tests of published sizes."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return str(path)
+
+
+def diffusers_tiny_unet(cross_attention_dim: int):
+    """A tiny diffusers UNet2DConditionModel (seed 0) whose ip-adapter conversion the projection oracles call."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+    ).eval()

@@ -252,6 +252,12 @@ class ComfyServer:
         """UI-format (or API-format) workflow -> API graph, using this server's /object_info."""
         return wc.to_api(workflow, self.object_info())
 
+    def queue_ok(self, graph: dict, *, timeout: float = 900.0) -> Run:
+        """queue(), and AssertionError (with the run's error and the server log's tail) unless it succeeded."""
+        run = self.queue(graph, timeout=timeout)
+        assert run.status == "success", f"status {run.status}: {run.error}\n--- server log tail ---\n{self.log_tail()}"
+        return run
+
     def queue(self, graph: dict, *, timeout: float = 900.0, client_id: str | None = None) -> Run:
         """POST the API graph, wait for it (polling /history), and fetch its images via /view. A prompt still
         running after ``timeout`` is interrupted before TimeoutError is raised."""

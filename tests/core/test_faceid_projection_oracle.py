@@ -21,6 +21,7 @@ import torch
 from ip_adapter_core import detect_spec
 from ip_adapter_core.families.faceid import FaceFeatures, face_features, zero_features
 from ip_adapter_core.projection import IPAdapterModel
+from testkit.adapters import diffusers_tiny_unet
 from testkit.faceid_adapters import faceid_parts
 
 CTX = 128  # 2 heads of 64 for the perceivers (dim = context for FaceID Plus)
@@ -42,15 +43,7 @@ DIFFUSERS_CLASS = {"faceid": "IPAdapterFaceIDImageProjection", "portrait": "IPAd
 
 @pytest.fixture(scope="module")
 def unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=CTX,
-        attention_head_dim=4,
-    ).eval()
+    return diffusers_tiny_unet(CTX)
 
 
 def parts(kind, dtype=torch.float32, seed=0):

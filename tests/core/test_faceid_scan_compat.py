@@ -3,8 +3,6 @@ spec must not crash what assumed CLIP vision (EncoderInfo.serves, choose, the no
 and the FaceID presets order files whose tensors are identical by their names."""
 from __future__ import annotations
 
-import json
-import struct
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from ip_adapter_core import detect_spec, scan
 from ip_adapter_core.compat import check_encoder, check_face_encoder, check_model, clip_vision_need
 from ip_adapter_core.errors import IncompatibleError, InputError
 from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
-from testkit.adapters import published
+from testkit.adapters import published, write_sparse_safetensors
 from testkit.faceid_adapters import published_faceid, save_faceid
 
 WHERE = "IPA test"
@@ -32,17 +30,8 @@ def spec_of(stem, name=None):
 
 def _sparse(path, parts) -> str:
     """A valid fp16 safetensors file of the parts' shapes whose data is a hole (no disk, nothing read)."""
-    header, offset = {}, 0
-    for prefix, part in zip(("image_proj.", "ip_adapter."), parts):
-        for key, t in part.items():
-            n = 2 * t.numel()
-            header[prefix + key] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-            offset += n
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    return str(path)
+    return write_sparse_safetensors(path, {prefix + key: tuple(t.shape) for prefix, part in
+                                           zip(("image_proj.", "ip_adapter."), parts) for key, t in part.items()})
 
 
 @pytest.mark.parametrize("stem, kind, version", [("ip-adapter-faceid-plusv2_sdxl", "faceid_plus", "v2"),

@@ -16,7 +16,7 @@ import torch
 
 from ip_adapter_core import detect_spec
 from ip_adapter_core.projection import IPAdapterModel
-from testkit.adapters import adapter_parts
+from testkit.adapters import adapter_parts, diffusers_tiny_unet
 
 CTX = 64
 SITES = (32, 32, 32, 64)  # the tiny UNet below: N = 1 down0, 3 and 5 up1, 7 mid (formats reference §6)
@@ -46,15 +46,7 @@ def features(kind, dtype=torch.float32, seed=1):
 
 @pytest.fixture(scope="module")
 def unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=CTX,
-        attention_head_dim=4,
-    ).eval()
+    return diffusers_tiny_unet(CTX)
 
 
 def reference(unet, image_proj):

@@ -6,9 +6,7 @@ the memory bound. Expected values are written by hand from shared/reference/ip-a
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 import time
 import tracemalloc
 
@@ -17,25 +15,10 @@ import torch
 
 from ip_adapter_core import scan
 from ip_adapter_core.errors import InputError
-from testkit.adapters import SD15_SITES, SDXL_SITES, adapter_parts, published, save_adapter
-
-F16 = 2
+from testkit.adapters import SD15_SITES, SDXL_SITES, adapter_parts, published, save_adapter, write_sparse_safetensors
 
 
-def write_sparse_safetensors(path, shapes: dict[str, tuple[int, ...]]) -> str:
-    """A valid fp16 safetensors file with the given tensor shapes whose data is a hole (reads as zeros)."""
-    header, offset = {}, 0
-    for key, shape in shapes.items():
-        n = F16
-        for d in shape:
-            n *= d
-        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    return str(path)
+
 
 
 def published_shapes(name: str) -> dict[str, tuple[int, ...]]:

@@ -71,9 +71,7 @@ def server(standin_server):
 
 
 def _run_ok(server, graph: dict):
-    run = server.queue(graph, timeout=PROMPT_TIMEOUT)
-    assert run.status == "success", f"status {run.status}: {run.error}\n--- server log tail ---\n{server.log_tail()}"
-    return run
+    return server.queue_ok(graph, timeout=PROMPT_TIMEOUT)
 
 
 @pytest.mark.parametrize("make", [old_unified_faceid, old_insightface_batch], ids=lambda f: f.__name__)

@@ -43,9 +43,7 @@ def server(standin_server):
 
 
 def _run_ok(server, graph: dict):
-    run = server.queue(graph, timeout=PROMPT_TIMEOUT)
-    assert run.status == "success", f"status {run.status}: {run.error}\n--- server log tail ---\n{server.log_tail()}"
-    return run
+    return server.queue_ok(graph, timeout=PROMPT_TIMEOUT)
 
 
 def _sampler_tail(model: list, *, clip: list, first_id: int = 20, save: str = "SaveImage") -> dict:

@@ -103,8 +103,7 @@ def simple_graph(server) -> dict:
 
 
 def _run_ok(server, graph: dict):
-    run = server.queue(graph, timeout=PROMPT_TIMEOUT)
-    assert run.status == "success", f"status {run.status}: {run.error}\n--- server log tail ---\n{server.log_tail()}"
+    run = server.queue_ok(graph, timeout=PROMPT_TIMEOUT)
     assert run.images, f"no image came back; outputs: {run.history.get('outputs')}"
     return run
 
