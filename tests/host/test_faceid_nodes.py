@@ -212,3 +212,44 @@ def test_without_onnxruntime_the_face_loader_says_what_to_install(pack, run_node
     with pytest.raises(ValueError) as e:
         run_node("IPA_FaceModelLoader", model_name="ort_missing_set", provider="CPU")
     assert str(e.value).startswith("IPA Load Face Models") and "pip install onnxruntime" in str(e.value)
+
+
+def test_portrait_unnorm_reads_the_raw_embedding(face_models, ipadapter_dir, sdxl, host, run_node, pack_module):
+    """Portrait unnorm (SDXL) projects the face model's raw embedding, not the normalised one."""
+    face_features = pack_module("ip_adapter_core.families.faceid").face_features
+
+    sites = [s.hidden for s in host.model_sites(sdxl)]
+    name = "tiny-faceid-portrait_sdxl_unnorm.bin"
+    fk.save_faceid(os.path.join(str(ipadapter_dir), name), "portrait_unnorm", ctx=host.model_context_dim(sdxl),
+                   site_dims=sites, resampler_dim=64, heads=1, depth=1, seed=12)
+    adapter = host.load_adapter(os.path.join(str(ipadapter_dir), name))
+    assert adapter.spec.kind == "portrait_unnorm" and not adapter.lora
+    image = face_image((170, 110))
+    tokens = run_node("IPA_EncodeFace", ipadapter=adapter, face_models=face_models, image=image)["result"][0]
+    assert tokens.cond.shape == (1, 16, 2048)
+
+    pipe = face_models.pipeline
+    pixels = (image[0].numpy() * 255).astype(np.uint8)
+    faces, _ = pipe.detect(pixels, det_sizes=(640, 576, 512, 448, 384, 320))
+    raw, normed = pipe.embedding(pixels, faces[0])
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-2, "the stand-in recogniser's raw embedding is not unit length"
+    project = adapter.model.project
+    spec = adapter.spec
+    by_raw = project(face_features(spec, torch.from_numpy(raw)[None].float()))
+    by_normed = project(face_features(spec, torch.from_numpy(normed)[None].float()))
+    scale = float(by_raw.abs().max())
+    assert (tokens.cond - by_raw).abs().max() <= 1e-4 * scale
+    assert (tokens.cond - by_normed).abs().max() > 1e-2 * scale
+
+
+def test_a_20_pixel_face_is_found_or_named(adapters, face_models, run_node):
+    """A 20-pixel face in a 640-pixel picture: the planted detector (64-px boxes) finds it at 640 or the node says
+    which image had no face; never a tensor error."""
+    image = face_image((320, 320), h=640, w=640, radius=10)
+    try:
+        tokens, crops = run_node("IPA_EncodeFace", ipadapter=adapters["faceid"], face_models=face_models,
+                                 image=image)["result"]
+    except ValueError as e:
+        assert "no face found in image 1 of 1" in str(e)
+    else:
+        assert tokens.cond.shape == (1, 4, 768) and crops.shape == (1, 224, 224, 3)
