@@ -7,6 +7,7 @@ from .face import IPAApplyFaceID, IPAEncodeFace, IPAFaceModelLoader
 from .folders import register_folder
 from .loader import IPAModelLoader
 from .noise import IPANoiseImage
+from .old_api import old_api_mappings
 from .prep import IPAPrepImage
 from .regional import IPARegionalApply
 from .reweight import IPAReweight
@@ -62,5 +63,9 @@ for _node_id, _cls in _NODES.items():
 
 NODE_CLASS_MAPPINGS = dict(_NODES)
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.DISPLAY_NAME for node_id, cls in _NODES.items()}
+# the ComfyUI_IPAdapter_plus node IDs, when that pack is not installed (nodes/old_api/)
+_OLD_CLASSES, _OLD_NAMES = old_api_mappings()
+NODE_CLASS_MAPPINGS.update(_OLD_CLASSES)
+NODE_DISPLAY_NAME_MAPPINGS.update(_OLD_NAMES)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_folder"]

@@ -197,8 +197,9 @@ def model_files(workflow: dict) -> list[tuple[str, str]]:
 
 def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_vision: bool = True) -> dict:
     """Copy of ``api`` that runs on the random stand-ins (testkit/standins.py): model names swapped (plus adapters
-    to the plus stand-in), CLIPVisionLoader replaced by the test helper node that reads the .json config,
-    latents shrunk to ``size`` px and samplers cut to ``max_steps`` steps."""
+    to the plus stand-in; the old pack's IPAdapterModelLoader and IPAdapterInsightFaceLoader too), CLIPVisionLoader
+    replaced by the test helper node that reads the .json config, latents shrunk to ``size`` px and samplers cut to
+    ``max_steps`` steps."""
     out = copy.deepcopy(api)
     for node in out.values():
         ct, inp = node["class_type"], node["inputs"]
@@ -208,12 +209,12 @@ def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_v
             inp["clip_name"] = standins.CLIP_VISION
             if helper_clip_vision:
                 node["class_type"] = "IPATest_CLIPVisionLoaderJSON"
-        elif ct == "IPA_ModelLoader":
+        elif ct in ("IPA_ModelLoader", "IPAdapterModelLoader"):  # this pack's loader, the old pack's ID
             name = str(inp.get("ipadapter_file", ""))
             plus = "plus" in name.lower()
             inp["ipadapter_file"] = (faceid_standins.adapter_for(name) if "faceid" in name.lower()
                                      else standins.ADAPTER_PLUS if plus else standins.ADAPTER)
-        elif ct == "IPA_FaceModelLoader":
+        elif ct in ("IPA_FaceModelLoader", "IPAdapterInsightFaceLoader"):
             inp["model_name"] = faceid_standins.FACE_MODELS
         elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inp["width"] = inp["height"] = size

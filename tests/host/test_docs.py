@@ -1,11 +1,24 @@
-"""Every node is documented where ComfyUI users look: a help page in web/docs/, a tooltip per input, a README row."""
+"""Every node is documented where ComfyUI users look: a help page in web/docs/, a tooltip per input, a README row.
+The ComfyUI_IPAdapter_plus IDs the pack serves (nodes/old_api/) have their own rules: one help page
+(web/docs/old_api.md) with a section per ID naming each input, and the README section that lists them."""
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OLD_API_SECTION = "## Using clients built for ComfyUI_IPAdapter_plus"
+
+
+def _old_ids(pack_module):
+    return set(pack_module("nodes.old_api.wrappers").WRAPPERS)
 
 
 def _pack_nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
+    """The pack's own IPA_* nodes (the served old IDs are checked below)."""
+    return {k: v for k, v in pack.NODE_CLASS_MAPPINGS.items() if k.startswith("IPA_")}
+
+
+def test_the_pack_registers_its_nodes_and_the_served_old_ids(pack, pack_module):
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(_pack_nodes(pack)) | _old_ids(pack_module)
 
 
 def test_every_node_has_a_help_page_naming_each_input(pack):
@@ -58,3 +71,21 @@ def test_public_api_is_never_broken(pack):
         assert got["required"] == want["required"], f"{node_id}: required inputs changed"
         assert got["optional"][: len(want["optional"])] == want["optional"], f"{node_id}: optional inputs changed"
         assert got["returns"] == want["returns"], f"{node_id}: outputs changed"
+
+
+def test_the_served_old_ids_are_documented(pack, pack_module):
+    page = open(os.path.join(ROOT, "web", "docs", "old_api.md"), encoding="utf-8").read()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", page, flags=re.M | re.S))
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert OLD_API_SECTION in readme, "README has no section for clients of the old pack"
+    section = readme.split(OLD_API_SECTION, 1)[1].split("\n## ", 1)[0]
+    assert "IPA_OLD_API=reference" in section and "IPA_OLD_API=reference" in page
+    for node_id in sorted(_old_ids(pack_module)):
+        cls = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert f"`{node_id}`" in section, f"the README section does not list {node_id}"
+        assert node_id in sections, f"web/docs/old_api.md has no section '## {node_id}'"
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+        missing = [name for name in inputs if f"**{name}**" not in sections[node_id]]
+        assert not missing, f"web/docs/old_api.md, {node_id}: inputs {missing} not described"
+        assert cls.CATEGORY.startswith("ipadapter") and cls.DISPLAY_NAME in sections[node_id], node_id
