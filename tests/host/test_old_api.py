@@ -171,3 +171,53 @@ def test_none_served_when_the_old_pack_is_installed(comfyui_path, tmp_path):
     said = [ln for ln in log.splitlines() if "ComfyUI_IPAdapter_plus is installed" in ln]
     assert len(said) == 1 and str(fake) in said[0], said
     assert "ComfyUI_IPAdapter_plus is not installed" not in log
+
+
+def _unified_graph(node: str, **inputs) -> dict:
+    """IPAdapterUnifiedLoader -> IPAdapter / IPAdapterAdvanced: the old pack's own simplest graph."""
+    w = Graph()
+    ckpt = w.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    pos = w.add("CLIPTextEncode", text="a photo", clip=[ckpt[0], 1])
+    neg = w.add("CLIPTextEncode", text="", clip=[ckpt[0], 1])
+    loader = w.add("IPAdapterUnifiedLoader", model=ckpt, preset="PLUS (high strength)", ipadapter=None)
+    image = w.add("LoadImage", image="ipadapter_reference.png")
+    model = w.add(node, model=loader, ipadapter=[loader[0], 1], image=image, weight=1.0, start_at=0.0, end_at=1.0,
+                  attn_mask=None, **inputs)
+    latent = w.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = w.add("KSampler", model=model, seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
+                    positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    w.add("SaveImage", images=w.add("VAEDecode", samples=sampled, vae=[ckpt[0], 2]), filename_prefix="old")
+    return wc.use_standins(w.root)
+
+
+UNIFIED = {
+    "IPAdapter": {"weight_type": "prompt is more important"},
+    "IPAdapterAdvanced": {"weight_type": "ease in", "combine_embeds": "average", "embeds_scaling": "K+V",
+                          "image_negative": None, "clip_vision": None},
+}
+
+
+@pytest.mark.parametrize("node", UNIFIED)
+def test_unified_loader_graph_runs_and_the_adapter_acts(standin_server, node):
+    graph = _unified_graph(node, **UNIFIED[node])
+    on = _image(standin_server, graph)
+    off = _image(standin_server, wc.set_inputs(graph, node, weight=0.0))
+    effect = float(np.abs(on - off).mean())
+    assert effect > MIN_WEIGHT_EFFECT, f"{node}: weight 1 vs 0 differ by only {effect:.3f}"
+
+
+def test_the_switch_gives_the_reference_behaviour(standin_server, comfyui_path, standins_dir, monkeypatch):
+    """IPA_OLD_API=reference: the log says so, and Krita's graph gives this pack's reference image, not the old
+    pack's (uncond and middle block differ)."""
+    from testkit.comfy_server import ComfyServer
+
+    graph = _krita_graph()
+    old = _image(standin_server, graph)
+    monkeypatch.setenv("IPA_OLD_API", "reference")
+    with ComfyServer(comfyui_path, models_dir=standins_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
+        srv.copy_input(os.path.join(os.path.dirname(os.path.dirname(HERE)), "example_workflows",
+                                    "ipadapter_reference.png"))
+        reference = _image(srv, graph)
+        log = srv.log_text()
+    assert "results: this pack's reference" in log, log[-2000:]
+    assert float(np.abs(old - reference).mean()) > 0.5
