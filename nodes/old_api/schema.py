@@ -24,6 +24,8 @@ SIMPLE_WEIGHT_TYPES = ["standard", "prompt is more important", "style transfer"]
 UNIFIED_PRESETS = ["LIGHT - SD1.5 only (low strength)", "STANDARD (medium strength)", "VIT-G (medium strength)",
                    "PLUS (high strength)", "PLUS FACE (portraits)", "FULL FACE - SD1.5 only (portraits stronger)"]
 COMBINE_METHODS = ["concat", "add", "subtract", "average", "norm average", "max", "min"]
+PREP_INTERPOLATIONS = ["LANCZOS", "BICUBIC", "HAMMING", "BILINEAR", "BOX", "NEAREST"]
+PREP_CROPS = ["top", "bottom", "left", "right", "center", "pad"]
 
 
 def _float(default: float, lo: float, hi: float, step: float) -> tuple:
@@ -98,6 +100,11 @@ OLD_NODES: dict[str, OldNode] = {
         {"required": {"embed1": ("EMBEDS",), "method": (COMBINE_METHODS,)},
          "optional": {f"embed{i}": ("EMBEDS",) for i in range(2, 6)}},
         ("EMBEDS",)),
+    "PrepImageForClipVision": OldNode(
+        "Prep Image For ClipVision", "ipadapter/utils", "prep_image",
+        {"required": {"image": ("IMAGE",), "interpolation": (PREP_INTERPOLATIONS,), "crop_position": (PREP_CROPS,),
+                      "sharpening": _float(0.0, 0, 1, 0.05)}},
+        ("IMAGE",)),
 }
 
 

@@ -22,7 +22,7 @@ from ...ip_adapter_core.compat import prepare_images
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import InputError
 from ...ip_adapter_core.plan import OLD_PACK
-from ...migration.schemas import SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS
+from ...migration.schemas import INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS
 from ..common import reports
 from ..face import IPAFaceModelLoader
 from ..folders import FOLDER, face_model_names
@@ -31,6 +31,7 @@ from ..patch import encoder
 from ..patch.face import CLIP_CROP_COLORS, DET_SIZES, FaceEncoder, encode_faces
 from ..patch.host import LoadedAdapter, projection_device
 from ..patch.install import install, plan_for
+from ..prep import IPAPrepImage
 from ..unified_loader import IPAUnifiedLoader
 from . import schema
 
@@ -248,5 +249,16 @@ class OldFaceID:
         return {"ui": {"text": [ipadapter.adapter.spec.describe()] + notes}, "result": (patched, crops)}
 
 
+@_node("PrepImageForClipVision")
+class OldPrepImage:
+    def run(self, image: torch.Tensor, interpolation: str = "LANCZOS", crop_position: str = "center",
+            sharpening: float = 0.0):
+        if interpolation not in INTERPOLATIONS:
+            raise InputError(f"input 'interpolation': '{interpolation}' is not one of {list(INTERPOLATIONS)}.")
+        # the old node's fixed 224 x 224; this pack's resize filters (HAMMING -> bilinear, BOX -> area)
+        return IPAPrepImage().run(image, crop_position, INTERPOLATIONS[interpolation], sharpening, size=224)
+
+
 WRAPPERS = {cls.NODE_ID: cls for cls in (OldModelLoader, OldInsightFaceLoader, OldUnifiedLoader, OldIPAdapter,
-                                         OldAdvanced, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID)}
+                                         OldAdvanced, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID,
+                                         OldPrepImage)}

@@ -90,3 +90,15 @@ def test_clip_vision_missing_is_named(run_node, old_plus, make_image, pack_modul
     errors = pack_module("ip_adapter_core.errors")
     with pytest.raises(errors.IPAdapterError, match="IPAdapter Encoder: .*clip_vision"):
         run_node("IPAdapterEncoder", ipadapter=old_plus[0], image=make_image(), weight=1.0)
+
+
+@pytest.mark.parametrize("interpolation, crop, sharpening", [("LANCZOS", "center", 0.0), ("HAMMING", "pad", 0.3),
+                                                              ("BOX", "left", 0.0)])
+def test_prep_image_is_ipa_prep_image_at_224(run_node, interpolation, crop, sharpening):
+    image = torch.rand(2, 96, 160, 3, generator=torch.Generator().manual_seed(5))
+    got = run_node("PrepImageForClipVision", image=image, interpolation=interpolation, crop_position=crop,
+                   sharpening=sharpening)[0]
+    mapped = {"LANCZOS": "lanczos", "HAMMING": "bilinear", "BOX": "area"}[interpolation]
+    want = run_node("IPA_PrepImage", image=image, crop=crop, interpolation=mapped, sharpening=sharpening)[0]
+    assert got.shape == (2, 224, 224, 3)
+    assert torch.equal(got, want)
