@@ -100,6 +100,12 @@ OLD_NODES: dict[str, OldNode] = {
         {"required": {"embed1": ("EMBEDS",), "method": (COMBINE_METHODS,)},
          "optional": {f"embed{i}": ("EMBEDS",) for i in range(2, 6)}},
         ("EMBEDS",)),
+    "IPAdapterNoise": OldNode(
+        "IPAdapter Noise", "ipadapter/utils", "make_noise",
+        {"required": {"type": (["fade", "dissolve", "gaussian", "shuffle"],), "strength": _float(1.0, 0, 1, 0.05),
+                      "blur": ("INT", {"default": 0, "min": 0, "max": 32, "step": 1})},
+         "optional": {"image_optional": ("IMAGE",)}},
+        ("IMAGE",)),
     "PrepImageForClipVision": OldNode(
         "Prep Image For ClipVision", "ipadapter/utils", "prep_image",
         {"required": {"image": ("IMAGE",), "interpolation": (PREP_INTERPOLATIONS,), "crop_position": (PREP_CROPS,),

@@ -31,6 +31,7 @@ from ..patch import encoder
 from ..patch.face import CLIP_CROP_COLORS, DET_SIZES, FaceEncoder, encode_faces
 from ..patch.host import LoadedAdapter, projection_device
 from ..patch.install import install, plan_for
+from ..noise import IPANoiseImage
 from ..prep import IPAPrepImage
 from ..unified_loader import IPAUnifiedLoader
 from . import schema
@@ -259,6 +260,20 @@ class OldPrepImage:
         return IPAPrepImage().run(image, crop_position, INTERPOLATIONS[interpolation], sharpening, size=224)
 
 
+@_node("IPAdapterNoise")
+class OldNoise:
+    def run(self, type: str, strength: float, blur: int, image_optional: torch.Tensor | None = None):
+        # the old node's 224 x 224 (black, or the image centre-cropped, bicubic); seed 0 (the old one had none)
+        image = None if image_optional is None else IPAPrepImage().run(image_optional, "center", "bicubic", 0.0)[0]
+        noise = IPANoiseImage().run(224, 224, 1, 0, type, strength, image=image)[0]
+        if blur > 0:  # the old node's Gaussian blur (odd kernel); this pack's noise node has none
+            from torchvision.transforms.functional import gaussian_blur
+
+            k = int(blur) + (1 - int(blur) % 2)
+            noise = gaussian_blur(noise.permute(0, 3, 1, 2), [k, k]).permute(0, 2, 3, 1)
+        return (noise,)
+
+
 WRAPPERS = {cls.NODE_ID: cls for cls in (OldModelLoader, OldInsightFaceLoader, OldUnifiedLoader, OldIPAdapter,
                                          OldAdvanced, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID,
-                                         OldPrepImage)}
+                                         OldNoise, OldPrepImage)}

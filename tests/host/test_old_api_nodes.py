@@ -102,3 +102,16 @@ def test_prep_image_is_ipa_prep_image_at_224(run_node, interpolation, crop, shar
     want = run_node("IPA_PrepImage", image=image, crop=crop, interpolation=mapped, sharpening=sharpening)[0]
     assert got.shape == (2, 224, 224, 3)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind, with_image", [("fade", False), ("dissolve", True), ("gaussian", True)])
+def test_noise_is_ipa_noise_image_at_224(run_node, kind, with_image):
+    image = torch.rand(1, 120, 90, 3, generator=torch.Generator().manual_seed(2)) if with_image else None
+    got = run_node("IPAdapterNoise", type=kind, strength=0.6, blur=0, image_optional=image)[0]
+    start = None if image is None else run_node("IPA_PrepImage", image=image, crop="center", interpolation="bicubic",
+                                                sharpening=0.0)[0]
+    want = run_node("IPA_NoiseImage", width=224, height=224, batch=1, seed=0, type=kind, strength=0.6, image=start)[0]
+    assert got.shape == (1, 224, 224, 3) and torch.equal(got, want)
+    blurred = run_node("IPAdapterNoise", type=kind, strength=0.6, blur=4, image_optional=image)[0]
+    assert blurred.shape == got.shape and not torch.equal(blurred, got)
+    assert blurred.std() < got.std()
