@@ -75,6 +75,14 @@ OLD_NODES: dict[str, OldNode] = {
                       "embeds_scaling": (EMBEDS_SCALING,)},
          "optional": dict(_APPLY_OPTIONAL)},
         ("MODEL",)),
+    "IPAdapterBatch": OldNode(
+        "IPAdapter Batch (Adv.)", "ipadapter", "apply_ipadapter",
+        {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image": ("IMAGE",),
+                      "weight": _float(1.0, -1, 5, 0.05), "weight_type": (WEIGHT_TYPES,), "start_at": START_AT,
+                      "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,),
+                      "encode_batch_size": ("INT", {"default": 0, "min": 0, "max": 4096})},
+         "optional": dict(_APPLY_OPTIONAL)},
+        ("MODEL",)),
     "IPAdapterFaceID": OldNode(
         "IPAdapter FaceID", "ipadapter/faceid", "apply_ipadapter",
         {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image": ("IMAGE",),

@@ -155,13 +155,29 @@ class OldAdvanced:
             combine_embeds: str, start_at: float, end_at: float, embeds_scaling: str,
             image_negative: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
             clip_vision: Any = None):
-        where = self.DISPLAY_NAME
-        plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
-                        start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                        compatibility=COMPATIBILITY)
-        tokens = encoder.encode(ipadapter.adapter, _clip(ipadapter, clip_vision, where), image, where=where,
-                                uncond=plan.encode_uncond, negative_image=image_negative)
-        return _apply(model, ipadapter, _combined(tokens, combine_embeds, where), plan, where)
+        return _advanced(self.DISPLAY_NAME, model, ipadapter, image, weight, weight_type, combine_embeds, start_at,
+                         end_at, embeds_scaling, image_negative, attn_mask, clip_vision)
+
+
+def _advanced(where, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at, embeds_scaling,
+              image_negative, attn_mask, clip_vision, unfold=False, batch_size=0):
+    plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
+                    start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+                    compatibility=COMPATIBILITY, unfold_batch=unfold)
+    tokens = encoder.encode(ipadapter.adapter, _clip(ipadapter, clip_vision, where), image, where=where,
+                            uncond=plan.encode_uncond, negative_image=image_negative, batch_size=batch_size)
+    return _apply(model, ipadapter, _combined(tokens, combine_embeds, where), plan, where)
+
+
+@_node("IPAdapterBatch")
+class OldBatch:
+    def run(self, model, ipadapter: OldAdapter, image: torch.Tensor, weight: float, weight_type: str,
+            start_at: float, end_at: float, embeds_scaling: str, encode_batch_size: int,
+            image_negative: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+            clip_vision: Any = None):  # image i -> latent i (unfold_batch), as the old pack
+        return _advanced(self.DISPLAY_NAME, model, ipadapter, image, weight, weight_type, "concat", start_at, end_at,
+                         embeds_scaling, image_negative, attn_mask, clip_vision, unfold=True,
+                         batch_size=encode_batch_size)
 
 
 @_node("IPAdapterEmbeds")
@@ -275,5 +291,5 @@ class OldNoise:
 
 
 WRAPPERS = {cls.NODE_ID: cls for cls in (OldModelLoader, OldInsightFaceLoader, OldUnifiedLoader, OldIPAdapter,
-                                         OldAdvanced, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID,
+                                         OldAdvanced, OldBatch, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID,
                                          OldNoise, OldPrepImage)}

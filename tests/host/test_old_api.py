@@ -173,17 +173,20 @@ def test_none_served_when_the_old_pack_is_installed(comfyui_path, tmp_path):
     assert "ComfyUI_IPAdapter_plus is not installed" not in log
 
 
-def _unified_graph(node: str, **inputs) -> dict:
-    """IPAdapterUnifiedLoader -> IPAdapter / IPAdapterAdvanced: the old pack's own simplest graph."""
+def _unified_graph(node: str, batch: int = 1, **inputs) -> dict:
+    """IPAdapterUnifiedLoader -> IPAdapter / IPAdapterAdvanced / IPAdapterBatch: the old pack's own simplest graph
+    (batch 2: two reference images, the second inverted, and two latents)."""
     w = Graph()
     ckpt = w.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     pos = w.add("CLIPTextEncode", text="a photo", clip=[ckpt[0], 1])
     neg = w.add("CLIPTextEncode", text="", clip=[ckpt[0], 1])
     loader = w.add("IPAdapterUnifiedLoader", model=ckpt, preset="PLUS (high strength)", ipadapter=None)
     image = w.add("LoadImage", image="ipadapter_reference.png")
+    if batch == 2:
+        image = w.add("ImageBatch", image1=image, image2=w.add("ImageInvert", image=image))
     model = w.add(node, model=loader, ipadapter=[loader[0], 1], image=image, weight=1.0, start_at=0.0, end_at=1.0,
                   attn_mask=None, **inputs)
-    latent = w.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    latent = w.add("EmptyLatentImage", width=64, height=64, batch_size=batch)
     sampled = w.add("KSampler", model=model, seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
                     positive=pos, negative=neg, latent_image=latent, denoise=1.0)
     w.add("SaveImage", images=w.add("VAEDecode", samples=sampled, vae=[ckpt[0], 2]), filename_prefix="old")
@@ -194,6 +197,8 @@ UNIFIED = {
     "IPAdapter": {"weight_type": "prompt is more important"},
     "IPAdapterAdvanced": {"weight_type": "ease in", "combine_embeds": "average", "embeds_scaling": "K+V",
                           "image_negative": None, "clip_vision": None},
+    "IPAdapterBatch": {"batch": 2, "weight_type": "linear", "embeds_scaling": "V only", "encode_batch_size": 0,
+                       "image_negative": None, "clip_vision": None},
 }
 
 
