@@ -35,6 +35,11 @@ def _float(default: float, lo: float, hi: float, step: float) -> tuple:
 START_AT = _float(0.0, 0.0, 1.0, 0.001)
 END_AT = _float(1.0, 0.0, 1.0, 0.001)
 _APPLY_OPTIONAL = {"image_negative": ("IMAGE",), "attn_mask": ("MASK",), "clip_vision": ("CLIP_VISION",)}
+_EMBEDS_INPUTS = {  # IPAdapterEmbeds and IPAdapterEmbedsBatch
+    "required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "pos_embed": ("EMBEDS",),
+                 "weight": _float(1.0, -1, 3, 0.05), "weight_type": (WEIGHT_TYPES,), "start_at": START_AT,
+                 "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,)},
+    "optional": {"neg_embed": ("EMBEDS",), "attn_mask": ("MASK",), "clip_vision": ("CLIP_VISION",)}}
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,11 @@ OLD_NODES: dict[str, OldNode] = {
         ("MODEL", "IMAGE"), ("MODEL", "face_image")),
     "IPAdapterEmbeds": OldNode(
         "IPAdapter Embeds", "ipadapter/embeds", "apply_ipadapter",
-        {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "pos_embed": ("EMBEDS",),
-                      "weight": _float(1.0, -1, 3, 0.05), "weight_type": (WEIGHT_TYPES,), "start_at": START_AT,
-                      "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,)},
-         "optional": {"neg_embed": ("EMBEDS",), "attn_mask": ("MASK",), "clip_vision": ("CLIP_VISION",)}},
+        _EMBEDS_INPUTS,
+        ("MODEL",)),
+    "IPAdapterEmbedsBatch": OldNode(
+        "IPAdapter Embeds Batch", "ipadapter/embeds", "apply_ipadapter",
+        _EMBEDS_INPUTS,
         ("MODEL",)),
     "IPAdapterEncoder": OldNode(
         "IPAdapter Encoder", "ipadapter/embeds", "encode",

@@ -182,19 +182,26 @@ class OldBatch:
 
 @_node("IPAdapterEmbeds")
 class OldEmbeds:
+    UNFOLD = False
+
     def run(self, model, ipadapter: OldAdapter, pos_embed: ImageTokens, weight: float, weight_type: str,
             start_at: float, end_at: float, embeds_scaling: str, neg_embed: ImageTokens | None = None,
             attn_mask: torch.Tensor | None = None, clip_vision: Any = None):
         where = self.DISPLAY_NAME
         plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
                         start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                        compatibility=COMPATIBILITY)
+                        compatibility=COMPATIBILITY, unfold_batch=self.UNFOLD)
         tokens = pos_embed
         if neg_embed is not None and neg_embed is not pos_embed:  # the uncond of another encode
             a = ipadapter.adapter
             neg_embed.check_fits(a.spec, a.adapter_id, a.name, where=f"{where}, input 'neg_embed'")
             tokens = dataclasses.replace(pos_embed, uncond=neg_embed.uncond)
         return _apply(model, ipadapter, tokens, plan, where)
+
+
+@_node("IPAdapterEmbedsBatch")
+class OldEmbedsBatch(OldEmbeds):
+    UNFOLD = True  # embedding i -> latent i, as the old pack
 
 
 class _ScaledStage:
@@ -291,5 +298,5 @@ class OldNoise:
 
 
 WRAPPERS = {cls.NODE_ID: cls for cls in (OldModelLoader, OldInsightFaceLoader, OldUnifiedLoader, OldIPAdapter,
-                                         OldAdvanced, OldBatch, OldEmbeds, OldEncoder, OldCombineEmbeds, OldFaceID,
+                                         OldAdvanced, OldBatch, OldEmbeds, OldEmbedsBatch, OldEncoder, OldCombineEmbeds, OldFaceID,
                                          OldNoise, OldPrepImage)}

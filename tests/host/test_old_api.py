@@ -80,7 +80,8 @@ class Graph:
         return [key, 0]
 
 
-def _krita_graph(references: int = 1, weight_type: str = "linear", mask: bool = False, face: bool = False) -> dict:
+def _krita_graph(references: int = 1, weight_type: str = "linear", mask: bool = False, face: bool = False,
+                 apply: str = "IPAdapterEmbeds", batch: int = 1) -> dict:
     """Krita AI Diffusion's apply_ip_adapter (backend/workflow.py) for SD1.5: encode each reference with its
     strength, combine with concat when there are several, IPAdapterEmbeds at weight 1; or its FaceID branch."""
     w = Graph()
@@ -113,10 +114,10 @@ def _krita_graph(references: int = 1, weight_type: str = "linear", mask: bool = 
             embeds.append(out)
         combined = (w.add("IPAdapterCombineEmbeds", method="concat",
                           **{f"embed{i + 1}": e for i, e in enumerate(embeds)}) if len(embeds) > 1 else embeds[0])
-        model = w.add("IPAdapterEmbeds", model=model, ipadapter=ip_adapter, pos_embed=combined,
+        model = w.add(apply, model=model, ipadapter=ip_adapter, pos_embed=combined,
                       clip_vision=clip_vision, weight=1.0, weight_type=weight_type, embeds_scaling="V only",
                       start_at=0.0, end_at=1.0, attn_mask=attn_mask)
-    latent = w.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    latent = w.add("EmptyLatentImage", width=512, height=512, batch_size=batch)
     sampled = w.add("KSampler", model=model, seed=1, steps=20, cfg=5.0, sampler_name="euler", scheduler="normal",
                     positive=pos, negative=neg, latent_image=latent, denoise=1.0)
     w.add("SaveImage", images=w.add("VAEDecode", samples=sampled, vae=vae), filename_prefix="krita")
@@ -136,13 +137,15 @@ KRITA = {
     "style transfer": {"weight_type": "style transfer"},
     "composition": {"weight_type": "composition"},
     "FaceID": {"face": True},
+    "IPAdapterEmbedsBatch, two references, two latents": {"references": 2, "apply": "IPAdapterEmbedsBatch",
+                                                          "batch": 2},
 }
 
 
 @pytest.mark.parametrize("case", KRITA)
 def test_krita_graph_runs_and_the_adapter_acts(standin_server, case):
     graph = _krita_graph(**KRITA[case])
-    apply = "IPAdapterFaceID" if KRITA[case].get("face") else "IPAdapterEmbeds"
+    apply = "IPAdapterFaceID" if KRITA[case].get("face") else KRITA[case].get("apply", "IPAdapterEmbeds")
     if not KRITA[case].get("mask"):  # Krita sends the unused optional input as null
         assert all(n["inputs"]["attn_mask"] is None for n in wc.nodes_of(graph, apply))
     on = _image(standin_server, graph)
