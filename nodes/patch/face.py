@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ...ip_adapter_core import families
-from ...ip_adapter_core.compat import check_encoder
+from ...ip_adapter_core.compat import check_encoder, prepare_images
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import IncompatibleError, InputError, check_choice
 from ...ip_adapter_core.face import DET_SIZES, NO_FACE, FacePipeline, find_face_models, select_face, to_uint8_rgb
@@ -65,7 +65,7 @@ def load_face_models(folders: list[str], name: str, provider: str, *, where: str
         if hit is None:
             pipeline = FacePipeline(files, providers=PROVIDERS[provider])
             hit = FaceModels(name=name, provider=provider, pipeline=pipeline, files=files,
-                             description=files.describe() if hasattr(files, "describe") else str(files))
+                             description=files.describe())
             _models[key] = hit
         return hit
 
@@ -200,8 +200,6 @@ def encode_faces(adapter: LoadedAdapter, encoder: FaceEncoder, image: torch.Tens
                  where: str) -> tuple[ImageTokens | None, torch.Tensor, list[str]]:
     """The FaceID encode of ``image`` (B, H, W, C): (tokens, or None when no_face 'skip' left no image; the aligned
     face crops as an IMAGE (B', S, S, 3); notes for the node's text)."""
-    from ...ip_adapter_core.compat import prepare_images
-
     STAGE.check(adapter, encoder, where=where)
     images = prepare_images(image, where=f"{where}, input 'image'")
     analysis = STAGE.analyze(adapter, encoder, images, where=where)
