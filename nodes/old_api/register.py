@@ -3,17 +3,19 @@
 The old pack counts as installed when a folder in any of ComfyUI's custom_nodes paths
 (``folder_paths.get_folder_paths("custom_nodes")``, extra_model_paths.yaml included) holds ``IPAdapterPlus.py``, or
 its module is already imported. Then none of its IDs is registered here and nothing changes; otherwise every ID in
-wrappers.WRAPPERS is. Either way the log says so once per process.
+served_classes() is. Either way the log says so once per process.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 
 _log = logging.getLogger("comfyui-ipa")
 MARKER = "IPAdapterPlus.py"
-_SAID = "comfyui_ipa_old_api_logged"  # a sys.modules entry: log once even if the pack is imported twice
+_SAID = "comfyui_ipa_old_api_logged"
+MODULES = ("wrappers", "apply", "params", "weights")  # the wrapper modules; each class registers itself (base.SERVED)  # a sys.modules entry: log once even if the pack is imported twice
 
 
 def old_pack_location() -> str | None:
@@ -54,9 +56,22 @@ def old_api_mappings() -> tuple[dict, dict]:
         _say("IPA: ComfyUI_IPAdapter_plus is installed (%s): its node IDs are left to it, none served by this pack.",
              where)
         return {}, {}
-    from .wrappers import MODE, SWITCH, WRAPPERS
+    from .base import MODE, SWITCH
 
+    WRAPPERS = served_classes()
     _say("IPA: ComfyUI_IPAdapter_plus is not installed; this pack serves its node IDs %s (results: %s; set %s="
          "reference for this pack's reference behaviour).", ", ".join(WRAPPERS),
          "the old pack's" if MODE != "reference" else "this pack's reference", SWITCH)
     return dict(WRAPPERS), {node_id: cls.DISPLAY_NAME for node_id, cls in WRAPPERS.items()}
+
+
+def served_classes() -> dict:
+    """Node ID -> class of every served old ID, in the old definitions' order (schema.OLD_NODES)."""
+    from . import base, schema
+
+    for name in MODULES:
+        importlib.import_module(f".{name}", __package__)
+    missing = [node_id for node_id in schema.OLD_NODES if node_id not in base.SERVED]
+    if missing:
+        raise ValueError(f"old definitions without a wrapper class: {missing}")
+    return {node_id: base.SERVED[node_id] for node_id in schema.OLD_NODES}

@@ -40,6 +40,12 @@ _EMBEDS_INPUTS = {  # IPAdapterEmbeds and IPAdapterEmbedsBatch
                  "weight": _float(1.0, -1, 3, 0.05), "weight_type": (WEIGHT_TYPES,), "start_at": START_AT,
                  "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,)},
     "optional": {"neg_embed": ("EMBEDS",), "attn_mask": ("MASK",), "clip_vision": ("CLIP_VISION",)}}
+_FACEID_INPUTS = {  # IPAdapterFaceID and IPAAdapterFaceIDBatch
+    "required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image": ("IMAGE",),
+                 "weight": _float(1.0, -1, 3, 0.05), "weight_faceidv2": _float(1.0, -1, 5.0, 0.05),
+                 "weight_type": (WEIGHT_TYPES,), "combine_embeds": (COMBINE_EMBEDS,), "start_at": START_AT,
+                 "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,)},
+    "optional": {**_APPLY_OPTIONAL, "insightface": ("INSIGHTFACE",)}}
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class OldNode:
     inputs: dict[str, dict[str, tuple]]
     return_types: tuple[str, ...]
     return_names: tuple[str, ...] | None = None
+    output_node: bool = False
 
 
 OLD_NODES: dict[str, OldNode] = {
@@ -89,13 +96,11 @@ OLD_NODES: dict[str, OldNode] = {
          "optional": dict(_APPLY_OPTIONAL)},
         ("MODEL",)),
     "IPAdapterFaceID": OldNode(
-        "IPAdapter FaceID", "ipadapter/faceid", "apply_ipadapter",
-        {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image": ("IMAGE",),
-                      "weight": _float(1.0, -1, 3, 0.05), "weight_faceidv2": _float(1.0, -1, 5.0, 0.05),
-                      "weight_type": (WEIGHT_TYPES,), "combine_embeds": (COMBINE_EMBEDS,), "start_at": START_AT,
-                      "end_at": END_AT, "embeds_scaling": (EMBEDS_SCALING,)},
-         "optional": {**_APPLY_OPTIONAL, "insightface": ("INSIGHTFACE",)}},
-        ("MODEL", "IMAGE"), ("MODEL", "face_image")),
+        "IPAdapter FaceID", "ipadapter/faceid", "apply_ipadapter", _FACEID_INPUTS, ("MODEL", "IMAGE"),
+        ("MODEL", "face_image")),
+    "IPAAdapterFaceIDBatch": OldNode(  # sic: the old pack's ID
+        "IPAdapter FaceID Batch", "ipadapter/faceid", "apply_ipadapter", _FACEID_INPUTS, ("MODEL", "IMAGE"),
+        ("MODEL", "face_image")),
     "IPAdapterEmbeds": OldNode(
         "IPAdapter Embeds", "ipadapter/embeds", "apply_ipadapter",
         _EMBEDS_INPUTS,
@@ -126,6 +131,31 @@ OLD_NODES: dict[str, OldNode] = {
                       "sharpening": _float(0.0, 0, 1, 0.05)}},
         ("IMAGE",)),
 }
+
+
+PARTS = ("schema_apply", "schema_params", "schema_weights")  # more old definitions, one file per group of nodes
+
+
+def _load_parts() -> None:
+    """Add each part's ``nodes(schema)`` to OLD_NODES. The parts are plain files beside this one, loaded by path so
+    that this module stays importable on its own (without ComfyUI or the pack), as the core tests load it."""
+    import importlib.util
+    import os
+    import sys
+
+    me = sys.modules[__name__]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for part in PARTS:
+        spec = importlib.util.spec_from_file_location(f"{__name__}_{part}", os.path.join(here, f"{part}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for node_id, node in module.nodes(me).items():
+            if node_id in OLD_NODES:
+                raise ValueError(f"{part}.py: {node_id} is already defined")
+            OLD_NODES[node_id] = node
+
+
+_load_parts()
 
 
 def input_types(node_id: str, resolve: dict[str, Any]) -> dict:

@@ -1,127 +1,45 @@
-"""One class per served ComfyUI_IPAdapter_plus node ID: the old inputs (schema.py) read and handed to this pack's
-nodes and host functions (IPA Load Adapter, IPA Unified Loader, IPA Load Face Models, plan_for + encode + install).
-
-Sockets: IPADAPTER carries an :class:`OldAdapter` (this pack's LoadedAdapter, plus the CLIP vision and face models
-where a unified loader found them), EMBEDS carries this pack's ImageTokens (the uncond inside), INSIGHTFACE this
-pack's FaceModels. Results default to the old pack's (compatibility "ComfyUI_IPAdapter_plus": no middle-block term,
-black-image uncond, RGB face crop for FaceID Plus); ``IPA_OLD_API=reference`` (read once, at import) gives this
-pack's reference behaviour instead.
+"""The first served ComfyUI_IPAdapter_plus node IDs: loaders, the apply nodes Krita AI Diffusion and the old pack's
+simplest graphs use (IPAdapter, Advanced, Batch, Embeds, Embeds Batch, FaceID), Encoder, Combine Embeds, Noise and
+Prep Image; each reads the old inputs (schema.py) and hands them to this pack's nodes and host functions (IPA Load
+Adapter, IPA Unified Loader, IPA Load Face Models, plan_for + encode + install). base.py has what they share.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 from typing import Any
 
-import folder_paths
 import torch
 
-from ...ip_adapter_core.combine import combine_tokens
 from ...ip_adapter_core.compat import prepare_images
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import InputError
-from ...ip_adapter_core.plan import OLD_PACK
 from ...migration.schemas import INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS
-from ..common import reports
 from ..face import IPAFaceModelLoader
-from ..folders import FOLDER, face_model_names
 from ..loader import IPAModelLoader
 from ..patch import encoder
-from ..patch.face import CLIP_CROP_COLORS, DET_SIZES, FaceEncoder, encode_faces
-from ..patch.host import LoadedAdapter, projection_device
+from ..patch.face import DET_SIZES, FaceEncoder, encode_faces
+from ..patch.host import projection_device
 from ..patch.install import install, plan_for
 from ..noise import IPANoiseImage
 from ..prep import IPAPrepImage
 from ..unified_loader import IPAUnifiedLoader
-from . import schema
-
-_log = logging.getLogger("comfyui-ipa")
-SWITCH = "IPA_OLD_API"
-REFERENCE = "reference"
+from .base import FACE_CROP, UNCOND, COMPATIBILITY, OldAdapter, apply_tokens, clip_of, combined, old_node, weight_controls
 
 
-def _mode(value: str) -> str:
-    value = value.strip()
-    if value in ("", OLD_PACK, "old"):
-        return OLD_PACK
-    if value != REFERENCE:
-        _log.warning("IPA: %s=%r is not 'reference' or '%s'; using '%s'.", SWITCH, value, OLD_PACK, OLD_PACK)
-        return OLD_PACK
-    return REFERENCE
-
-
-MODE = _mode(os.environ.get(SWITCH, ""))
-COMPATIBILITY = OLD_PACK if MODE == OLD_PACK else "this pack"
-UNCOND = "black image" if MODE == OLD_PACK else "reference"
-FACE_CROP = CLIP_CROP_COLORS[1] if MODE == OLD_PACK else CLIP_CROP_COLORS[0]
-
-
-@dataclasses.dataclass(eq=False)
-class OldAdapter:
-    """What an old IPADAPTER socket carries here."""
-    adapter: LoadedAdapter
-    clip_vision: Any = None
-    face_models: Any = None
-
-
-def _resolve() -> dict:
-    return {schema.IPADAPTER_FILES: lambda: folder_paths.get_filename_list(FOLDER),
-            schema.FACE_MODEL_NAMES: face_model_names}
-
-
-def _node(node_id: str):
-    """Class decorator: the old node's INPUT_TYPES, outputs, category, function and display name from schema.py."""
-    old = schema.OLD_NODES[node_id]
-
-    def make(cls):
-        cls.INPUT_TYPES = classmethod(lambda c: schema.input_types(node_id, _resolve()))
-        cls.RETURN_TYPES, cls.CATEGORY, cls.FUNCTION = old.return_types, old.category, old.function
-        if old.return_names is not None:
-            cls.RETURN_NAMES = old.return_names
-        cls.DISPLAY_NAME = old.display
-        cls.NODE_ID = node_id
-        cls.DESCRIPTION = (f"{old.display} of ComfyUI_IPAdapter_plus (node ID {node_id}), served by this pack for "
-                           f"clients and saved graphs built for it; see the help page 'old_api'.")
-        setattr(cls, old.function, reports(old.display)(cls.run))
-        return cls
-
-    return make
-
-
-def _combined(tokens: ImageTokens, method: str, where: str) -> ImageTokens:
-    """The old combine_embeds on the tokens (the old pack combined the CLIP embeddings: close, not equal)."""
-    if method == "concat":
-        return tokens
-    return dataclasses.replace(tokens, cond=combine_tokens(tokens.cond, method, None, where=where))
-
-
-def _clip(ipadapter: OldAdapter, clip_vision: Any, where: str) -> Any:
-    clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
-    if clip is None:
-        raise InputError(f"{where}: missing CLIP vision: connect 'clip_vision' (or load the adapter with "
-                         "'IPAdapter Unified Loader').")
-    return clip
-
-
-def _apply(model, ipadapter: OldAdapter, tokens, plan, where: str):
-    return (install(model, ipadapter.adapter, tokens, plan, where=where),)
-
-
-@_node("IPAdapterModelLoader")
+@old_node("IPAdapterModelLoader")
 class OldModelLoader:
     def run(self, ipadapter_file: str):
         out = IPAModelLoader().load(ipadapter_file)
         return {"ui": out["ui"], "result": (OldAdapter(out["result"][0]),)}
 
 
-@_node("IPAdapterInsightFaceLoader")
+@old_node("IPAdapterInsightFaceLoader")
 class OldInsightFaceLoader:
     def run(self, provider: str, model_name: str):
         return IPAFaceModelLoader().load(model_name, provider)
 
 
-@_node("IPAdapterUnifiedLoader")
+@old_node("IPAdapterUnifiedLoader")
 class OldUnifiedLoader:
     @classmethod
     def IS_CHANGED(cls, **inputs):
@@ -136,20 +54,20 @@ class OldUnifiedLoader:
         return {"ui": out["ui"], "result": (model, OldAdapter(adapter, clip_vision, faces))}
 
 
-@_node("IPAdapter")
+@old_node("IPAdapter")
 class OldIPAdapter:
     def run(self, model, ipadapter: OldAdapter, image: torch.Tensor, weight: float, start_at: float, end_at: float,
             weight_type: str, attn_mask: torch.Tensor | None = None):
         where = self.DISPLAY_NAME
         wt = "style transfer" if weight_type.startswith("style") else SIMPLE_WEIGHT_TYPES.get(weight_type, "linear")
-        plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=wt, start_at=start_at,
-                        end_at=end_at, attn_mask=attn_mask, compatibility=COMPATIBILITY)
-        tokens = encoder.encode(ipadapter.adapter, _clip(ipadapter, None, where), image, where=where,
+        plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, False, where),
+                        weight_type=wt, start_at=start_at, end_at=end_at, attn_mask=attn_mask, compatibility=COMPATIBILITY)
+        tokens = encoder.encode(ipadapter.adapter, clip_of(ipadapter, None, where), image, where=where,
                                 uncond=plan.encode_uncond)
-        return _apply(model, ipadapter, tokens, plan, where)
+        return apply_tokens(model, ipadapter, tokens, plan, where)
 
 
-@_node("IPAdapterAdvanced")
+@old_node("IPAdapterAdvanced")
 class OldAdvanced:
     def run(self, model, ipadapter: OldAdapter, image: torch.Tensor, weight: float, weight_type: str,
             combine_embeds: str, start_at: float, end_at: float, embeds_scaling: str,
@@ -161,15 +79,15 @@ class OldAdvanced:
 
 def _advanced(where, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at, embeds_scaling,
               image_negative, attn_mask, clip_vision, unfold=False, batch_size=0):
-    plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
-                    start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                    compatibility=COMPATIBILITY, unfold_batch=unfold)
-    tokens = encoder.encode(ipadapter.adapter, _clip(ipadapter, clip_vision, where), image, where=where,
+    plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, unfold, where),
+                    weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
+                    attn_mask=attn_mask, compatibility=COMPATIBILITY, unfold_batch=unfold)
+    tokens = encoder.encode(ipadapter.adapter, clip_of(ipadapter, clip_vision, where), image, where=where,
                             uncond=plan.encode_uncond, negative_image=image_negative, batch_size=batch_size)
-    return _apply(model, ipadapter, _combined(tokens, combine_embeds, where), plan, where)
+    return apply_tokens(model, ipadapter, combined(tokens, combine_embeds, where), plan, where)
 
 
-@_node("IPAdapterBatch")
+@old_node("IPAdapterBatch")
 class OldBatch:
     def run(self, model, ipadapter: OldAdapter, image: torch.Tensor, weight: float, weight_type: str,
             start_at: float, end_at: float, embeds_scaling: str, encode_batch_size: int,
@@ -180,7 +98,7 @@ class OldBatch:
                          batch_size=encode_batch_size)
 
 
-@_node("IPAdapterEmbeds")
+@old_node("IPAdapterEmbeds")
 class OldEmbeds:
     UNFOLD = False
 
@@ -188,18 +106,18 @@ class OldEmbeds:
             start_at: float, end_at: float, embeds_scaling: str, neg_embed: ImageTokens | None = None,
             attn_mask: torch.Tensor | None = None, clip_vision: Any = None):
         where = self.DISPLAY_NAME
-        plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
-                        start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                        compatibility=COMPATIBILITY, unfold_batch=self.UNFOLD)
+        plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, self.UNFOLD, where),
+                        weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
+                        attn_mask=attn_mask, compatibility=COMPATIBILITY, unfold_batch=self.UNFOLD)
         tokens = pos_embed
         if neg_embed is not None and neg_embed is not pos_embed:  # the uncond of another encode
             a = ipadapter.adapter
             neg_embed.check_fits(a.spec, a.adapter_id, a.name, where=f"{where}, input 'neg_embed'")
             tokens = dataclasses.replace(pos_embed, uncond=neg_embed.uncond)
-        return _apply(model, ipadapter, tokens, plan, where)
+        return apply_tokens(model, ipadapter, tokens, plan, where)
 
 
-@_node("IPAdapterEmbedsBatch")
+@old_node("IPAdapterEmbedsBatch")
 class OldEmbedsBatch(OldEmbeds):
     UNFOLD = True  # embedding i -> latent i, as the old pack
 
@@ -214,12 +132,12 @@ class _ScaledStage:
         return self.stage.features(adapter, clip, images) * self.weight
 
 
-@_node("IPAdapterEncoder")
+@old_node("IPAdapterEncoder")
 class OldEncoder:
     def run(self, ipadapter: OldAdapter, image: torch.Tensor, weight: float, mask: torch.Tensor | None = None,
             clip_vision: Any = None):
         where = self.DISPLAY_NAME
-        adapter, clip = ipadapter.adapter, _clip(ipadapter, clip_vision, where)
+        adapter, clip = ipadapter.adapter, clip_of(ipadapter, clip_vision, where)
         text = []
         if mask is not None:
             text.append("'mask' is not used: this pack encodes the whole image (use attn_mask on the apply node).")
@@ -234,7 +152,7 @@ class OldEncoder:
         return {"ui": {"text": text}, "result": (tokens, tokens)}
 
 
-@_node("IPAdapterCombineEmbeds")
+@old_node("IPAdapterCombineEmbeds")
 class OldCombineEmbeds:
     def run(self, embed1: ImageTokens, method: str, embed2: ImageTokens | None = None,
             embed3: ImageTokens | None = None, embed4: ImageTokens | None = None, embed5: ImageTokens | None = None):
@@ -245,11 +163,13 @@ class OldCombineEmbeds:
         if method == "concat" and not others:
             return (embed1,)
         cond = torch.cat([embed1.cond] + [e.cond for e in others])
-        return (_combined(dataclasses.replace(embed1, cond=cond), method, where),)
+        return (combined(dataclasses.replace(embed1, cond=cond), method, where),)
 
 
-@_node("IPAdapterFaceID")
+@old_node("IPAdapterFaceID")
 class OldFaceID:
+    UNFOLD = False
+
     def run(self, model, ipadapter: OldAdapter, image: torch.Tensor, weight: float, weight_faceidv2: float,
             weight_type: str, combine_embeds: str, start_at: float, end_at: float, embeds_scaling: str,
             image_negative: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
@@ -259,21 +179,27 @@ class OldFaceID:
         if faces is None:
             raise InputError(f"{where}: connect 'insightface' (IPAdapter InsightFace Loader).")
         # the old node applies no LoRA: clients load the FaceID LoRA themselves
-        plan = plan_for(model, ipadapter.adapter, where=where, weight=weight, weight_type=weight_type,
-                        start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                        compatibility=COMPATIBILITY, lora_strength=0.0)
+        plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, self.UNFOLD, where),
+                        weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
+                        attn_mask=attn_mask, compatibility=COMPATIBILITY, lora_strength=0.0,
+                        unfold_batch=self.UNFOLD)
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
         face_encoder = FaceEncoder(faces=faces, clip_vision=clip, det_sizes=DET_SIZES,
                                    v2_scale=float(weight_faceidv2), crop_colors=FACE_CROP)
         tokens, crops, notes = encode_faces(ipadapter.adapter, face_encoder, image, where=where)
         if image_negative is not None:
             notes.append("'image_negative' is not used (the uncond is the zero face embedding).")
-        patched = install(model, ipadapter.adapter, _combined(tokens, combine_embeds, where), plan, where=where,
+        patched = install(model, ipadapter.adapter, combined(tokens, combine_embeds, where), plan, where=where,
                           notes=notes)
         return {"ui": {"text": [ipadapter.adapter.spec.describe()] + notes}, "result": (patched, crops)}
 
 
-@_node("PrepImageForClipVision")
+@old_node("IPAAdapterFaceIDBatch")
+class OldFaceIDBatch(OldFaceID):
+    UNFOLD = True  # face i -> latent i, as the old pack
+
+
+@old_node("PrepImageForClipVision")
 class OldPrepImage:
     def run(self, image: torch.Tensor, interpolation: str = "LANCZOS", crop_position: str = "center",
             sharpening: float = 0.0):
@@ -283,7 +209,7 @@ class OldPrepImage:
         return IPAPrepImage().run(image, crop_position, INTERPOLATIONS[interpolation], sharpening, size=224)
 
 
-@_node("IPAdapterNoise")
+@old_node("IPAdapterNoise")
 class OldNoise:
     def run(self, type: str, strength: float, blur: int, image_optional: torch.Tensor | None = None):
         # the old node's 224 x 224 (black, or the image centre-cropped, bicubic); seed 0 (the old one had none)
@@ -295,8 +221,3 @@ class OldNoise:
             k = int(blur) + (1 - int(blur) % 2)
             noise = gaussian_blur(noise.permute(0, 3, 1, 2), [k, k]).permute(0, 2, 3, 1)
         return (noise,)
-
-
-WRAPPERS = {cls.NODE_ID: cls for cls in (OldModelLoader, OldInsightFaceLoader, OldUnifiedLoader, OldIPAdapter,
-                                         OldAdvanced, OldBatch, OldEmbeds, OldEmbedsBatch, OldEncoder, OldCombineEmbeds, OldFaceID,
-                                         OldNoise, OldPrepImage)}

@@ -2,14 +2,13 @@
 The ComfyUI_IPAdapter_plus IDs the pack serves (nodes/old_api/) have their own rules: a help page each (the old
 pack's display name, each input named), web/docs/old_api.md listing them with the switch, and the README section."""
 import os
-import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OLD_API_SECTION = "## Using clients built for ComfyUI_IPAdapter_plus"
 
 
 def _old_ids(pack_module):
-    return set(pack_module("nodes.old_api.wrappers").WRAPPERS)
+    return set(pack_module("nodes.old_api.register").served_classes())
 
 
 def _pack_nodes(pack):

@@ -5,17 +5,17 @@ from the same graph at weight 0, and with an old pack in custom_nodes none of it
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 
 from testkit import workflow_convert as wc
+from testkit.old_api_table import load_table, served_ids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TABLE = json.load(open(os.path.join(HERE, "old_pack_api.json"), encoding="utf-8"))
-SERVED = [k for k in TABLE if not k.startswith("_")]
+TABLE = load_table()
+SERVED = served_ids(TABLE)
 PROMPT_TIMEOUT = 600.0
 MIN_WEIGHT_EFFECT = 2.0  # mean |difference| on the 0-255 scale; the stand-ins give far more at weight 1
 
@@ -97,8 +97,11 @@ def _krita_graph(references: int = 1, weight_type: str = "linear", mask: bool = 
         ip_adapter = w.add("IPAdapterModelLoader", ipadapter_file="ip-adapter-faceid-plusv2_sd15.bin")
         insight_face = w.add("IPAdapterInsightFaceLoader", provider="CPU", model_name="buffalo_l")
         image = w.add("LoadImage", image="ipadapter_face_reference.jpg")
+        if batch > 1:  # one face per latent
+            image = w.add("ImageBatch", image1=image, image2=image)
         weight = 0.8
-        model = w.add("IPAdapterFaceID", model=model, ipadapter=ip_adapter, image=image, clip_vision=clip_vision,
+        face_apply = "IPAdapterFaceID" if apply == "IPAdapterEmbeds" else apply
+        model = w.add(face_apply, model=model, ipadapter=ip_adapter, image=image, clip_vision=clip_vision,
                       insightface=insight_face, weight=weight, weight_faceidv2=weight * 2, weight_type="linear",
                       combine_embeds="concat", start_at=0.0, end_at=1.0, attn_mask=attn_mask,
                       embeds_scaling="V only")
@@ -139,13 +142,14 @@ KRITA = {
     "FaceID": {"face": True},
     "IPAdapterEmbedsBatch, two references, two latents": {"references": 2, "apply": "IPAdapterEmbedsBatch",
                                                           "batch": 2},
+    "IPAAdapterFaceIDBatch, two faces, two latents": {"face": True, "apply": "IPAAdapterFaceIDBatch", "batch": 2},
 }
 
 
 @pytest.mark.parametrize("case", KRITA)
 def test_krita_graph_runs_and_the_adapter_acts(standin_server, case):
     graph = _krita_graph(**KRITA[case])
-    apply = "IPAdapterFaceID" if KRITA[case].get("face") else KRITA[case].get("apply", "IPAdapterEmbeds")
+    apply = KRITA[case].get("apply", "IPAdapterFaceID" if KRITA[case].get("face") else "IPAdapterEmbeds")
     if not KRITA[case].get("mask"):  # Krita sends the unused optional input as null
         assert all(n["inputs"]["attn_mask"] is None for n in wc.nodes_of(graph, apply))
     on = _image(standin_server, graph)

@@ -1,4 +1,4 @@
-"""The served ComfyUI_IPAdapter_plus IDs (nodes/old_api/wrappers.py) in-process on the tiny models: each is this
+"""The served ComfyUI_IPAdapter_plus IDs (nodes/old_api/) in-process on the tiny models: each is this
 pack's behaviour with the old pack's settings (the default, compatibility "ComfyUI_IPAdapter_plus"), checked against
 this pack's own nodes run with those settings."""
 from __future__ import annotations
@@ -23,10 +23,10 @@ def old_plus(ipadapter_dir, run_node, make_adapter_file, sd15, cv):
 
 
 def test_the_default_is_the_old_pack_mode(pack_module):
-    wrappers = pack_module("nodes.old_api.wrappers")
-    assert os.environ.get("IPA_OLD_API", "") == "" and wrappers.MODE == COMPAT
-    assert (wrappers.COMPATIBILITY, wrappers.UNCOND) == (COMPAT, "black image")
-    assert wrappers._mode("reference") == "reference" and wrappers._mode("nonsense") == COMPAT
+    base = pack_module("nodes.old_api.base")
+    assert os.environ.get("IPA_OLD_API", "") == "" and base.MODE == COMPAT
+    assert (base.COMPATIBILITY, base.UNCOND) == (COMPAT, "black image")
+    assert base._mode("reference") == "reference" and base._mode("nonsense") == COMPAT
 
 
 def test_encoder_gives_black_image_tokens_and_weights_the_clip_embedding(run_node, old_plus, cv, make_image, host):

