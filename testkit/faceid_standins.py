@@ -45,6 +45,19 @@ def adapter_for(name: str) -> str:
     return ADAPTERS[kind]
 
 
+def buffalo_models(standins_dir: str, base: str) -> str:
+    """A model folder in ``base`` (links into ``standins_dir``) whose face model set is named buffalo_l, as on a
+    user's disk: the old pack's FaceID unified loader always loads buffalo_l, and no stand-in may take that name in
+    the stand-ins' own folder."""
+    for sub in os.listdir(standins_dir):
+        if os.path.isdir(os.path.join(standins_dir, sub)) and sub != "insightface":
+            os.symlink(os.path.join(standins_dir, sub), os.path.join(base, sub))
+    os.makedirs(os.path.join(base, "insightface", "models"))
+    os.symlink(os.path.join(standins_dir, "insightface", "models", FACE_MODELS),
+               os.path.join(base, "insightface", "models", "buffalo_l"))
+    return base
+
+
 def make_adapters(base: str, *, site_dims, clip_hidden: int, seed: int, save) -> None:
     import torch
 

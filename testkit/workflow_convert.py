@@ -83,13 +83,30 @@ def map_widgets(node: dict, info: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     i = 0
     for name, has_extra in specs:
-        if i >= len(values):
-            break
+        if i >= len(values):  # saved before the node had this widget: the editor gives it its default
+            default = widget_default(info, name)
+            if default is not None:
+                out[name] = default
+            continue
         out[name] = values[i]
         i += 1
         if has_extra and i < len(values) and _is_extra_value(values[i]):
             i += 1
     return out
+
+
+def widget_default(info: dict, name: str) -> Any:
+    """The value the editor gives a new widget: its "default", else a combo's first option (None if neither)."""
+    for section in ("required", "optional"):
+        spec = info["input"].get(section, {}).get(name)
+        if spec is None:
+            continue
+        kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+        if "default" in opts:
+            return opts["default"]
+        options = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+        return options[0] if options else None
+    return None
 
 
 def _is_extra_value(value: Any) -> bool:
@@ -148,6 +165,19 @@ def to_api(workflow: dict, object_info: dict) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------- editing API graphs
+
+class Graph:
+    """An API graph built in code, as clients do (Krita's ComfyWorkflow): ``add(class_type, **inputs)`` returns the
+    new node's first output, ``[id, 0]``; ``[id, 1]`` etc. are its other outputs; ``root`` is the graph."""
+
+    def __init__(self):
+        self.root: dict[str, dict] = {}
+
+    def add(self, class_type: str, **inputs):
+        key = str(len(self.root) + 1)
+        self.root[key] = {"class_type": class_type, "inputs": inputs}
+        return [key, 0]
+
 
 def nodes_of(api: dict, *class_types: str) -> list[dict]:
     return [n for n in api.values() if n["class_type"] in class_types]

@@ -5,6 +5,8 @@ Expected values are computed by hand here, never with the code under test.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -128,13 +130,15 @@ def test_letterbox_too_thin_gives_nothing():
 
 
 def test_resize_backends_within_one_grey_level():
-    import skimage.data
+    from PIL import Image
 
     from ip_adapter_core.face import resample
 
     if resample._cv2() is None:
         pytest.skip("cv2 is not importable here: nothing to compare the torch resize with")
-    img = skimage.data.astronaut()
+    photo = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "example_workflows", "ipadapter_face_reference.jpg")
+    img = np.asarray(Image.open(photo).convert("RGB"))
     for size in [(640, 640), (437, 291), (320, 213), (1000, 1000)]:
         a = resample.resize_bilinear(img, size, backend="cv2").astype(int)
         b = resample.resize_bilinear(img, size, backend="torch").astype(int)

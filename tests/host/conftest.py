@@ -170,6 +170,41 @@ def host(pack_module):
     return pack_module("nodes.patch.host")
 
 
+def _pointed_at_temp(kind: str, tmp_path_factory):
+    """ComfyUI's ``kind`` ("output" / "input") directory pointed at a temporary folder while the generator runs."""
+    import folder_paths
+
+    get, put = getattr(folder_paths, f"get_{kind}_directory"), getattr(folder_paths, f"set_{kind}_directory")
+    before = get()
+    put(str(tmp_path_factory.mktemp(kind)))
+    yield get()
+    put(before)
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory):
+    """ComfyUI's output directory, a temporary folder for this module (restored afterwards)."""
+    yield from _pointed_at_temp("output", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory):
+    """ComfyUI's input directory, a temporary folder for this module (restored afterwards)."""
+    yield from _pointed_at_temp("input", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def old_plus(ipadapter_dir, run_node, make_adapter_file, sd15, cv):
+    """The old loader's IPADAPTER (an OldAdapter, nodes/old_api) for a tiny plus adapter, and this pack's loader's
+    adapter for the same file."""
+    sub = ipadapter_dir / "old_api"
+    sub.mkdir(exist_ok=True)
+    make_adapter_file(sub, "plus", sd15, cv, name="tiny_plus.safetensors", seed=3)
+    name = "old_api/tiny_plus.safetensors"
+    return run_node("IPAdapterModelLoader", ipadapter_file=name)["result"][0], run_node(
+        "IPA_ModelLoader", ipadapter_file=name)["result"][0]
+
+
 # --------------------------------------------------------------------------------------------- real servers
 
 REFERENCE_IMAGE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
@@ -195,6 +230,20 @@ def standin_server(comfyui_path, standins_dir):
     from testkit.comfy_server import ComfyServer
 
     with ComfyServer(comfyui_path, models_dir=standins_dir, helper_nodes=True, cpu=True, quiet=True) as srv:
+        srv.copy_input(REFERENCE_IMAGE)
+        srv.copy_input(FACE_REFERENCE_IMAGE)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def buffalo_server(comfyui_path, standins_dir, tmp_path_factory):
+    """standin_server, but with the stand-in face model set named buffalo_l, as on a user's disk (the old pack's
+    FaceID unified loader always loads buffalo_l)."""
+    from testkit import faceid_standins
+    from testkit.comfy_server import ComfyServer
+
+    base = faceid_standins.buffalo_models(standins_dir, str(tmp_path_factory.mktemp("buffalo_models")))
+    with ComfyServer(comfyui_path, models_dir=base, helper_nodes=True, cpu=True, quiet=True) as srv:
         srv.copy_input(REFERENCE_IMAGE)
         srv.copy_input(FACE_REFERENCE_IMAGE)
         yield srv

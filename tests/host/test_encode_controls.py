@@ -16,17 +16,6 @@ def adapters(make_adapter_file, host, sd15, cv, tmp_path_factory):
             for i, kind in enumerate(("base", "plus", "full_face"))}
 
 
-@pytest.fixture(scope="module")
-def output_dir(tmp_path_factory):
-    """Point ComfyUI's output directory at a temporary folder for this module (restored afterwards)."""
-    import folder_paths
-
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
-    yield folder_paths.get_output_directory()
-    folder_paths.set_output_directory(before)
-
-
 def encode(run_node, adapter, cv, image, **kw):
     return run_node("IPA_Encode", ipadapter=adapter, clip_vision=cv, image=image, **kw)[0]
 

@@ -52,6 +52,11 @@ def test_object_info_equals_the_old_pack_definition(info, node_id):
                 served = _combo(spec)
                 assert served[:2] == kind and served == _combo(
                     info["IPA_FaceModelLoader"]["input"]["required"]["model_name"]), (where, served)
+            elif kind == "<.ipadpt files in the input folder>":  # TABLE["_served"]: then this pack's saved embeds
+                served = _combo(spec)
+                assert isinstance(served, list) and all(
+                    n.endswith(".ipadpt") or (n.startswith("ipadapter_embeds/") and n.endswith(".safetensors [output]"))
+                    for n in served), (where, served)
             elif isinstance(kind, list):
                 assert _combo(spec) == kind, where
             else:
@@ -68,23 +73,12 @@ def test_the_log_names_the_served_ids_once(standin_server):
 
 # ---------------------------------------------------------------------------------------------- Krita's graphs
 
-class Graph:
-    """A tiny stand-in of Krita's ComfyWorkflow: add(class_type, **inputs) -> [node, 0] outputs."""
-
-    def __init__(self):
-        self.root: dict[str, dict] = {}
-
-    def add(self, class_type: str, **inputs):
-        key = str(len(self.root) + 1)
-        self.root[key] = {"class_type": class_type, "inputs": inputs}
-        return [key, 0]
-
 
 def _krita_graph(references: int = 1, weight_type: str = "linear", mask: bool = False, face: bool = False,
                  apply: str = "IPAdapterEmbeds", batch: int = 1) -> dict:
     """Krita AI Diffusion's apply_ip_adapter (backend/workflow.py) for SD1.5: encode each reference with its
     strength, combine with concat when there are several, IPAdapterEmbeds at weight 1; or its FaceID branch."""
-    w = Graph()
+    w = wc.Graph()
     ckpt = w.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     model, clip, vae = ckpt, [ckpt[0], 1], [ckpt[0], 2]
     pos = w.add("CLIPTextEncode", text="a photo", clip=clip)
@@ -183,7 +177,7 @@ def test_none_served_when_the_old_pack_is_installed(comfyui_path, tmp_path):
 def _unified_graph(node: str, batch: int = 1, **inputs) -> dict:
     """IPAdapterUnifiedLoader -> IPAdapter / IPAdapterAdvanced / IPAdapterBatch: the old pack's own simplest graph
     (batch 2: two reference images, the second inverted, and two latents)."""
-    w = Graph()
+    w = wc.Graph()
     ckpt = w.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     pos = w.add("CLIPTextEncode", text="a photo", clip=[ckpt[0], 1])
     neg = w.add("CLIPTextEncode", text="", clip=[ckpt[0], 1])

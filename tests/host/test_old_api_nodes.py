@@ -11,17 +11,6 @@ import torch
 COMPAT = "ComfyUI_IPAdapter_plus"
 
 
-@pytest.fixture(scope="module")
-def old_plus(ipadapter_dir, run_node, make_adapter_file, sd15, cv):
-    """The old loader's IPADAPTER (an OldAdapter) for a tiny plus adapter, and this pack's loader's adapter."""
-    sub = ipadapter_dir / "old_api"
-    sub.mkdir(exist_ok=True)
-    make_adapter_file(sub, "plus", sd15, cv, name="tiny_plus.safetensors", seed=3)
-    name = "old_api/tiny_plus.safetensors"
-    return run_node("IPAdapterModelLoader", ipadapter_file=name)["result"][0], run_node(
-        "IPA_ModelLoader", ipadapter_file=name)["result"][0]
-
-
 def test_the_default_is_the_old_pack_mode(pack_module):
     base = pack_module("nodes.old_api.base")
     assert os.environ.get("IPA_OLD_API", "") == "" and base.MODE == COMPAT
