@@ -9,7 +9,9 @@ length nearest the latent's aspect ratio, so there is never a size error.
 The mask is stretched to the latent, whatever its own size and aspect ratio (a 512x512 mask on a 768x512 latent covers
 it all), resized to the site's grid one axis at a time, area averaging on an axis that shrinks (each grid cell is the
 mean of the mask pixels it covers: an edge on a cell boundary stays sharp and thin regions fade instead of flickering
-in and out of the small grids) and bilinear on an axis that grows, and flattened.
+in and out of the small grids) and bilinear on an axis that grows, and flattened. The resize "bilinear" (the
+compatibility mode "ComfyUI_IPAdapter_plus") is the incumbent's instead: both axes at once, bilinear without
+antialiasing, so a shrinking mask is point-sampled.
 """
 from __future__ import annotations
 
@@ -22,13 +24,15 @@ import torch.nn.functional as F
 from .errors import InputError
 
 
-def prepare_mask(mask: torch.Tensor, *, where: str) -> torch.Tensor:
-    """A MASK input (H, W) or (M, H, W) -> (M, H, W) float32, values clamped to 0..1 (NaN -> 0).
+def prepare_mask(mask: torch.Tensor, *, where: str, clamp: bool = True) -> torch.Tensor:
+    """A MASK input (H, W) or (M, H, W) -> (M, H, W) float32, NaN -> 0, values clamped to 0..1 unless ``clamp`` is
+    off (the compatibility mode "ComfyUI_IPAdapter_plus": the incumbent multiplies by the values as they come, so a
+    bicubic-scaled mask's overshoot above 1 strengthens the term there).
 
     Any size and any aspect ratio is accepted; only a tensor that is not a mask (wrong rank, empty) is refused.
     """
-    mask = mask_batch(mask, where=f"{where}, input 'attn_mask'")
-    return torch.nan_to_num(mask.detach().float(), nan=0.0).clamp(0.0, 1.0)
+    mask = torch.nan_to_num(mask_batch(mask, where=f"{where}, input 'attn_mask'").detach().float(), nan=0.0)
+    return mask.clamp(0.0, 1.0) if clamp else mask
 
 
 def mask_batch(mask: Any, *, where: str) -> torch.Tensor:
@@ -84,10 +88,20 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.squeeze(1).clamp(0.0, 1.0)
 
 
-def site_mask(mask: torch.Tensor, *, latent_hw: tuple[int, int], tokens: int) -> torch.Tensor:
-    """mask (M, H, W), 0..1 -> (M, tokens, 1) float32: the multiplier of each query position of the site."""
+MASK_RESIZES = ("area", "bilinear")
+
+
+def site_mask(mask: torch.Tensor, *, latent_hw: tuple[int, int], tokens: int, resize: str = "area") -> torch.Tensor:
+    """mask (M, H, W), 0..1 -> (M, tokens, 1) float32: the multiplier of each query position of the site;
+    ``resize`` one of MASK_RESIZES (module docstring)."""
     grid = site_grid(latent_hw, tokens)
-    return resize_mask(mask, grid).reshape(mask.shape[0], tokens, 1)
+    if resize == "bilinear":
+        out = F.interpolate(mask.float().unsqueeze(1), size=grid, mode="bilinear", align_corners=False).squeeze(1)
+    elif resize == "area":
+        out = resize_mask(mask, grid)
+    else:
+        raise ValueError(f"mask resize {resize!r} is not one of {MASK_RESIZES}")
+    return out.reshape(mask.shape[0], tokens, 1)
 
 
 def batch_mask(per_site: torch.Tensor, *, per_chunk: int, chunks: int, frames: Sequence[int] | None = None,

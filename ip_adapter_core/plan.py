@@ -62,6 +62,12 @@ class ApplyPlan:
         compatibility mode, the training's otherwise."""
         return "black image" if self.compatibility == OLD_PACK else "reference"
 
+    @property
+    def mask_resize(self) -> str:
+        """How the attention mask is brought to each site's grid (ip_adapter_core.masks.MASK_RESIZES): the old pack's
+        plain bilinear in its compatibility mode, area averaging otherwise."""
+        return "bilinear" if self.compatibility == OLD_PACK else "area"
+
 
 def check_compatibility(compatibility: str) -> None:
     check_choice(compatibility, COMPATIBILITY_MODES, input_name="compatibility", what="mode")
@@ -72,21 +78,24 @@ def make_plan(sites: Sequence[Site], *, weight: float, start_at: float, end_at: 
               weight_composition: float = 1.0, attn_mask: torch.Tensor | None = None,
               weight_schedule: str = "constant", schedule_values: str = "", unfold_batch: bool = False,
               frame_weights: str = "", compatibility: str = "this pack", precise_boost: float = 1.0,
-              lora_strength: float = 1.0) -> ApplyPlan:
+              lora_strength: float = 1.0, boost_weight: float | None = None) -> ApplyPlan:
     """Validate every control against the model's ``sites`` and fold them into an :class:`ApplyPlan`.
 
     The defaults give ``weight`` on every site with "V only", i.e. IPA Apply. compatibility "ComfyUI_IPAdapter_plus":
     the middle-block sites get no term, as with the old pack on current ComfyUI. ``lora_strength``: the strength of
-    the LoRA an adapter file carries (FaceID), 1 = the reference; ignored for adapters without one."""
+    the LoRA an adapter file carries (FaceID), 1 = the reference; ignored for adapters without one. ``boost_weight``
+    (no node input of this pack; the served old precise nodes): the precise types' boosted weight itself
+    (weighting.site_weights), instead of ``precise_boost * weight``."""
     check_range(start_at, end_at, where=where)
-    mask = None if attn_mask is None else prepare_mask(attn_mask, where=where)
+    mask = None if attn_mask is None else prepare_mask(attn_mask, where=where, clamp=compatibility != OLD_PACK)
     schedule = make_schedule(weight_schedule, schedule_values)
     check_scaling(embeds_scaling)
     check_weight_type(weight_type)
     check_compatibility(compatibility)
     factors = parse_frame_weights(frame_weights)
+    layers = parse_layer_weights(layer_weights, sites, skip_missing=compatibility == OLD_PACK)
     weights = site_weights(weight_type, sites, weight=weight, weight_composition=weight_composition,
-                           layer_weights=parse_layer_weights(layer_weights, sites), precise_boost=precise_boost)
+                           layer_weights=layers, precise_boost=precise_boost, boost_weight=boost_weight)
     if compatibility == OLD_PACK:
         weights = tuple(0.0 if s.block == "middle" else w for s, w in zip(sites, weights))
     return ApplyPlan(weight=float(weight), site_weights=tuple(float(w) for w in weights),

@@ -23,12 +23,15 @@ Later entries override earlier ones; sites not addressed get 0. Example: ``"3:1.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Sequence
 
 from .errors import InputError, check_choice
 from .numbers import split_entries
 from .sites import Site, layer_number
+
+log = logging.getLogger(__name__)
 
 WEIGHT_TYPES = (
     "linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output", "weak middle",
@@ -58,17 +61,17 @@ def is_sdxl_shaped(sites: Sequence[Site]) -> bool:
     return any(s.index > 0 for s in sites)
 
 
-def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float, b: float = 1.0) -> dict[int, float]:
+def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float, bw: float) -> dict[int, float]:
     """The incumbent's {t_idx: weight} table of a layer-map type (IPAdapterPlus.py:303-338); n = L ("every layer").
-    b: the precise types' boost as a factor on w (the incumbent's style_boost / composition_boost = b * w)."""
+    bw: the weight of the layers the precise types work against (the incumbent's style_boost / composition_boost)."""
     if sdxl:
         return {
             "style transfer": {6: w},
             "composition": {3: w},
             "strong style transfer": {t: w for t in range(n) if t != 3},
             "style and composition": {3: wc, 6: w},
-            "style transfer precise": {3: b * w, 6: w},
-            "composition precise": {**{t: 0.1 * b * w for t in range(n)}, 3: w, 6: b * w},
+            "style transfer precise": {3: bw, 6: w},
+            "composition precise": {**{t: 0.1 * bw for t in range(n)}, 3: w, 6: bw},
         }[weight_type]
     style = {t: w for t in (*range(0, 4), *range(9, n))}
     return {
@@ -76,8 +79,8 @@ def _layer_map(weight_type: str, sdxl: bool, n: int, *, w: float, wc: float, b: 
         "composition": {4: 0.25 * w, 5: w},
         "strong style transfer": {t: w for t in range(n) if t not in (4, 5)},
         "style and composition": {**style, 4: 0.25 * wc, 5: wc},
-        "style transfer precise": {**style, 4: 0.25 * b * w, 5: b * w},
-        "composition precise": {**{t: b * w for t in range(n)}, **{t: 0.1 * b * w for t in (6, 7, 8)}, 4: 0.25 * w,
+        "style transfer precise": {**style, 4: 0.25 * bw, 5: bw},
+        "composition precise": {**{t: bw for t in range(n)}, **{t: 0.1 * bw for t in (6, 7, 8)}, 4: 0.25 * w,
                                 5: w},
     }[weight_type]
 
@@ -98,7 +101,8 @@ def check_weight_type(weight_type: str) -> None:
 
 
 def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weight_composition: float = 1.0,
-                 layer_weights: Sequence[float] | None = None, precise_boost: float = 1.0) -> tuple[float, ...]:
+                 layer_weights: Sequence[float] | None = None, precise_boost: float = 1.0,
+                 boost_weight: float | None = None) -> tuple[float, ...]:
     """The effective weight of every site (same order as ``sites``).
 
     ``layer_weights``: per-site factors from :func:`parse_layer_weights`; when given they replace the weight type's
@@ -107,6 +111,8 @@ def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weig
     ``precise_boost`` (the precise types only) multiplies the weight of the layers the precise type works against:
     the composition layers of "style transfer precise", every layer but the composition ones of "composition
     precise" (the incumbent's style_boost / composition_boost, given as a factor on ``weight``); 1 = as weight.
+    ``boost_weight``: that boosted weight itself instead (the incumbent's absolute style_boost / composition_boost,
+    which acts also where ``weight`` is 0); None = ``precise_boost * weight``.
     "linear" gives exactly ``weight`` everywhere.
     """
     check_weight_type(weight_type)
@@ -121,7 +127,7 @@ def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weig
         n = num_transformers(sites)
         return tuple(weight * _curve(weight_type, t, n) for t in t_idx)
     table = _layer_map(weight_type, is_sdxl_shaped(sites), num_transformers(sites), w=weight, wc=weight_composition,
-                       b=precise_boost)
+                       bw=precise_boost * weight if boost_weight is None else boost_weight)
     return tuple(table.get(t, 0.0) for t in t_idx)
 
 
@@ -146,11 +152,13 @@ _SYNTAX = ("entries 'target:value' separated by commas or new lines, where targe
            "('3'), a checkpoint layer number ('N29') or a site key ('output.1.3' or 'output.1'), e.g. '3:1.0, 6:0.5'")
 
 
-def parse_layer_weights(text: str, sites: Sequence[Site]) -> tuple[float, ...] | None:
+def parse_layer_weights(text: str, sites: Sequence[Site], *, skip_missing: bool = False) -> tuple[float, ...] | None:
     """A user string (syntax in the module docstring) -> one factor per site (same order as ``sites``), or None for
     an empty string. Sites not addressed get 0; later entries override earlier ones.
 
-    Raises InputError naming the bad entry and the expected syntax, or the valid range of an index.
+    Raises InputError naming the bad entry and the expected syntax, or the valid range of an index; with
+    ``skip_missing`` (the compatibility mode "ComfyUI_IPAdapter_plus") a ``t:value`` entry past the model's last
+    SpatialTransformer is logged and skipped instead, as the incumbent ignores it (an SDXL string on SD1.5 runs).
     """
     entries = split_entries(text)
     if not entries:
@@ -165,6 +173,10 @@ def parse_layer_weights(text: str, sites: Sequence[Site]) -> tuple[float, ...] |
         value = float(m["value"])
         if m["t"] is not None:
             t = int(m["t"])
+            if t >= n_st and skip_missing:
+                log.warning("layer_weights %r: this model has SpatialTransformers 0-%d; entry skipped, as the old "
+                            "pack does", entry, n_st - 1)
+                continue
             if t >= n_st:
                 raise InputError(f"input 'layer_weights': {entry!r} addresses SpatialTransformer {t}, but this model "
                                  f"has {n_st} (indices 0-{n_st - 1}).")

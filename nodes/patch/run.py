@@ -122,7 +122,8 @@ class AdapterRun:
                 if hit is None:
                     if len(self._masks) >= _MAX_CACHED_LAYOUTS * max(1, self.adapter.spec.num_sites):
                         self._masks = {}
-                    m = site_mask(mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1])
+                    m = site_mask(mask.to(q.device), latent_hw=latent_hw, tokens=q.shape[1],
+                                  resize=self.plan.mask_resize)
                     hit = batch_mask(m, per_chunk=per, chunks=len(cond_or_uncond), frames=frames,
                                      full_length=length).to(q.dtype)
                     self._masks[key] = hit

@@ -114,6 +114,9 @@ def test_prepare_mask_shapes_clamps_and_refuses_non_masks():
     got = prepare_mask(torch.tensor([[[-1.0, 0.5, 2.0, float("nan")]]]), where="N")
     assert got.tolist() == [[[0.0, 0.5, 1.0, 0.0]]]
     assert prepare_mask(torch.ones(2, 3, 4, dtype=torch.float16), where="N").dtype == torch.float32
+    # the old pack's compatibility mode: values as they come (a bicubic overshoot above 1 stays), NaN still 0
+    raw = prepare_mask(torch.tensor([[[-0.1, 0.5, 1.2, float("nan")]]]), where="N", clamp=False)
+    assert torch.allclose(raw, torch.tensor([[[-0.1, 0.5, 1.2, 0.0]]]))
     for bad in (torch.ones(1, 1, 4, 4), torch.ones(5), torch.ones(1, 0, 4), [[1.0]]):
         with pytest.raises(InputError, match="attn_mask"):
             prepare_mask(bad, where="N")
@@ -127,3 +130,18 @@ def test_batch_mask_layout():
     assert out[:, 0, 0].tolist() == [0, 0, 0, 0]
     out = batch_mask(per_site[:1] + 5, per_chunk=4, chunks=1)
     assert out.shape == (4, 2, 1) and torch.all(out == 5)
+
+
+def test_the_old_packs_bilinear_resize_point_samples_where_area_averages():
+    """compatibility "ComfyUI_IPAdapter_plus" (resize "bilinear"): a thin line counts by how near it is to a sample
+    point (cell k samples x = 8k + 3.5), where area averaging gives it its share of the cell (1/8)."""
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 3] = 1.0  # one column of 64, inside the first 8-wide cell of an 8 x 8 grid
+    area = site_mask(mask, latent_hw=(64, 64), tokens=64, resize="area").reshape(8, 8)
+    old = site_mask(mask, latent_hw=(64, 64), tokens=64, resize="bilinear").reshape(8, 8)
+    assert torch.allclose(area[:, 0], torch.full((8,), 1 / 8)) and float(area[:, 1:].abs().max()) == 0.0
+    assert torch.allclose(old[:, 0], torch.full((8,), 0.5)) and float(old[:, 1:].abs().max()) == 0.0
+    mask[:, :, 3], mask[:, :, 6] = 0.0, 1.0  # 2.5 px from the sample: gone
+    assert float(site_mask(mask, latent_hw=(64, 64), tokens=64, resize="bilinear").abs().max()) == 0.0
+    with pytest.raises(ValueError, match="not one of"):
+        site_mask(mask, latent_hw=(64, 64), tokens=64, resize="nearest")

@@ -219,6 +219,17 @@ def test_layer_weights_later_entries_override():
     assert sum(1 for f in parse_layer_weights("6:1", SD15) if f) == 1
 
 
+def test_old_pack_mode_skips_transformers_the_model_lacks(caplog):
+    """An SD1.5 string (0-15) on SDXL (0-10): the old pack ignores 11-15; its compatibility mode does too, and says so."""
+    text = "3:0.5, 10:2, 15:1"
+    with pytest.raises(InputError, match="SpatialTransformer 15"):
+        parse_layer_weights(text, SDXL)
+    with caplog.at_level("WARNING"):
+        got = parse_layer_weights(text, SDXL, skip_missing=True)
+    assert got == parse_layer_weights("3:0.5, 10:2", SDXL)
+    assert "'15:1'" in caplog.text
+
+
 @pytest.mark.parametrize("text", ["", "  ", " , \n"])
 def test_empty_layer_weights_mean_none(text):
     assert parse_layer_weights(text, SD15) is None
