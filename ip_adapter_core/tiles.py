@@ -132,3 +132,45 @@ def tile_masks(grid: TileGrid, canvas: tuple[int, int]) -> torch.Tensor:
         rects[i, scale(y0, h, grid.height):scale(y1, h, grid.height),
               scale(x0, w, grid.width):scale(x1, w, grid.width)] = 1.0
     return rects / rects.sum(0, keepdim=True).clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- the old pack's tiling
+
+OLD_TILE = 256  # the incumbent's tile side (CLIP's preprocessing brings each tile to 224)
+
+
+@dataclass(frozen=True)
+class OldPackTiling:
+    """The incumbent's IPAdapter Tiled geometry for an H x W reference, in the order it is applied: a centre crop
+    to a ``square`` (near-square references: 0.75 < H / W < 1.33; else None), a resize to ``resize`` (h, w), a centre
+    ``crop`` (h, w) for references longer than 4:1 (else None), then fixed 256 px tiles (``grid``) whose overlap is
+    the leftover spread over the gaps, starts truncated to whole pixels. At most 4 x 4 tiles (2 x 2 when near-square).
+    """
+    square: int | None
+    resize: tuple[int, int]
+    crop: tuple[int, int] | None
+    grid: TileGrid
+
+
+def _old_starts(length: int, count: int) -> tuple[int, ...]:
+    overlap = max(0.0, (count * OLD_TILE - length) / (count - 1 if count > 1 else 1))
+    return tuple(int(i * (OLD_TILE - overlap)) for i in range(count))
+
+
+def old_pack_tiling(height: int, width: int, *, where: str = "old_pack_tiling") -> OldPackTiling:
+    if height < 1 or width < 1:
+        raise InputError(f"{where}, input 'image': the image is {height}x{width} pixels; expected at least 1x1.")
+    ratio = height / width
+    if 0.75 < ratio < 1.33:
+        square, resize = min(height, width), (2 * OLD_TILE, 2 * OLD_TILE)
+    else:
+        square = None
+        resize = (OLD_TILE, int(OLD_TILE * width / height)) if height < width else \
+            (int(OLD_TILE * height / width), OLD_TILE)
+    crop = None
+    if ratio > 4 or ratio < 0.25:
+        crop = (OLD_TILE, 4 * OLD_TILE) if height < width else (4 * OLD_TILE, OLD_TILE)
+    h, w = crop or resize
+    grid = TileGrid(height=h, width=w, size=OLD_TILE, tops=_old_starts(h, math.ceil(h / OLD_TILE)),
+                    lefts=_old_starts(w, math.ceil(w / OLD_TILE)))
+    return OldPackTiling(square=square, resize=resize, crop=crop, grid=grid)

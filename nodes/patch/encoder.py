@@ -17,6 +17,7 @@ import torch
 from ...ip_adapter_core import families
 from ...ip_adapter_core.compat import check_encoder, prepare_images
 from ...ip_adapter_core.embeds import UNCOND_MODES, ImageTokens
+from ...ip_adapter_core.enhance import enhanced, merge_tiles, split_grid
 from ...ip_adapter_core.errors import InputError, check_choice
 from .host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
 
@@ -83,7 +84,8 @@ def check(adapter: LoadedAdapter, encoder: Any, *, where: str):
 
 
 def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: str, batch_size: int = 0,
-           uncond: str = "reference", negative_image: torch.Tensor | None = None) -> ImageTokens:
+           uncond: str = "reference", negative_image: torch.Tensor | None = None,
+           enhance: tuple[int, float] | None = None) -> ImageTokens:
     """Encode ``image`` with ``encoder`` and project it with ``adapter``, in one batched pass or in chunks of
     ``batch_size`` images (0 = all at once).
 
@@ -91,7 +93,8 @@ def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: 
     ``uncond`` "reference" -> the training's (the projection of the stage's zero features), computed once per
     adapter (and encoder, where they depend on it); "black image" -> the incumbent's: a black IMAGE through the
     encoder's preprocessing where the features depend on the image's pixels, and (as the incumbent does) the zero
-    embedding for base adapters, where it equals "reference".
+    embedding for base adapters, where it equals "reference". ``enhance`` = (tiles, ratio): the served old
+    ClipVision Enhancer's tiled features for the images (ip_adapter_core.enhance; CLIP vision adapters only).
     """
     check_choice(uncond, UNCOND_MODES, input_name="uncond", what="mode", where=where)
     stage = check(adapter, encoder, where=where)
@@ -99,7 +102,10 @@ def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: 
     negatives = None if negative_image is None else prepare_images(negative_image,
                                                                    where=f"{where}, input 'negative_image'")
     device = projection_device(adapter)
-    cond = project_images(stage, adapter, encoder, images, batch_size, device)
+    if enhance is not None and enhance[0] > 1 and stage.kind != "clip_vision":
+        raise InputError(f"{where}: enhance_tiles works on CLIP vision features; '{adapter.name}' reads "
+                         f"{stage.kind} features (set enhance_tiles to 1).")
+    cond = project_images(stage, adapter, encoder, images, batch_size, device, enhance=enhance, where=where)
     if negatives is not None:
         negative = project_images(stage, adapter, encoder, negatives, batch_size, device).mean(0, keepdim=True)
     elif uncond == "black image" and (black := stage.black_image(adapter, encoder)) is not None:
@@ -111,11 +117,24 @@ def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: 
 
 
 def project_images(stage: Any, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor, batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    """images: (B, H, W, 3) -> tokens (B, T, C) float32 on the CPU, encoded in chunks of ``batch_size`` (0 = all)."""
-    chunks = images.split(batch_size) if batch_size > 0 else (images,)
-    return torch.cat([adapter.model.project(stage.features(adapter, encoder, c).to(device)).float().cpu()
-                      for c in chunks])
+                   device: torch.device, *, enhance: tuple[int, float] | None = None,
+                   where: str = "") -> torch.Tensor:
+    """images: (B, H, W, 3) -> tokens (B, T, C) float32 on the CPU, encoded in chunks of ``batch_size`` (0 = all);
+    with ``enhance`` = (tiles > 1, ratio) the features are encode()'s enhanced ones (2 sets for one image)."""
+    def chunks(batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return batch.split(batch_size) if batch_size > 0 else (batch,)
+
+    def project(features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([adapter.model.project(f.to(device)).float().cpu() for f in chunks(features)])
+
+    if enhance is None or enhance[0] <= 1:
+        return torch.cat([project(stage.features(adapter, encoder, c)) for c in chunks(images)])
+    tiles, ratio = int(enhance[0]), float(enhance[1])
+    whole = torch.cat([stage.features(adapter, encoder, c) for c in chunks(images)])
+    pooled = torch.cat([merge_tiles(torch.cat([stage.features(adapter, encoder, t)
+                                               for t in chunks(split_grid(image[None], tiles))]), tiles, where=where)
+                        for image in images])
+    return project(enhanced(whole, pooled, ratio))
 
 
 def reference_uncond(stage: Any, adapter: LoadedAdapter, encoder: Any, device: torch.device) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ip_adapter_core.errors import InputError
-from ip_adapter_core.prep import CROPS, INTERPOLATIONS, PAD_COLOR, prep_image
+from ip_adapter_core.prep import CROPS, INTERPOLATIONS, PAD_COLOR, cas_sharpen, prep_image
 
 
 def gradient(h: int, w: int) -> torch.Tensor:
@@ -159,3 +159,18 @@ def test_gray_and_rgba_are_handled_like_encode():
 def test_bad_inputs_are_refused_with_a_clear_message(image, kwargs, words):
     with pytest.raises(InputError, match="^Prep(, input .image.)?: .*" + words.replace("[", r"\[").replace("]", r"\]")):
         prep_image(image, **{"size": 8, **kwargs}, where="Prep")
+
+
+def test_cas_sharpen_keeps_flat_regions_and_raises_edge_contrast():
+    """Contrast-adaptive sharpening: a flat image is a fixed point, a step edge gets steeper, values stay in 0..1, and
+    a larger amount sharpens more."""
+    flat = torch.full((1, 3, 8, 8), 0.4)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # the border sees the zero padding
+    assert torch.allclose(cas_sharpen(flat, 0.5)[inner], flat[inner], atol=1e-6)
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 0.6
+    step[..., :4] = 0.3
+    soft, hard = cas_sharpen(step, 0.0), cas_sharpen(step, 1.0)
+    jump = lambda t: float(t[0, 0, 4, 4] - t[0, 0, 4, 3])  # noqa: E731
+    assert jump(step) < jump(soft) < jump(hard)
+    assert float(hard.min()) >= 0.0 and float(hard.max()) <= 1.0

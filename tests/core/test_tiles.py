@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ip_adapter_core.errors import InputError
-from ip_adapter_core.tiles import axis_starts, cut_tiles, mask_canvas, tile_grid, tile_masks
+from ip_adapter_core.tiles import axis_starts, cut_tiles, mask_canvas, old_pack_tiling, tile_grid, tile_masks
 
 S = 224  # the usual CLIP vision input size
 
@@ -167,3 +167,28 @@ def test_mask_canvas():
     assert mask_canvas(1000, 800) == (1000, 800)
     assert mask_canvas(3000, 4000) == (768, 1024)
     assert mask_canvas(10, 5000) == (2, 1024)
+
+
+# ---------------------------------------------------------------------------------------------- the old pack's tiling
+
+def test_old_pack_tiling_near_square_is_a_centre_square_at_512_in_2x2_tiles():
+    lay = old_pack_tiling(300, 320)  # H / W = 0.94: near-square
+    assert lay.square == 300 and lay.resize == (512, 512) and lay.crop is None
+    assert lay.grid.tops == (0, 256) and lay.grid.lefts == (0, 256)
+
+
+def test_old_pack_tiling_wide_reference_spreads_the_overlap_over_the_gaps():
+    """300 x 700 -> short side 256: 256 x 597; three 256 px tiles overlap by (768 - 597) / 2 = 85.5 px, starts
+    truncated to whole pixels."""
+    lay = old_pack_tiling(300, 700)
+    assert lay.square is None and lay.resize == (256, 597) and lay.crop is None
+    assert lay.grid.tops == (0,) and lay.grid.lefts == (0, 170, 341)
+    assert lay.grid.lefts[-1] + 256 == 597  # the last tile ends on the edge
+
+
+def test_old_pack_tiling_crops_references_longer_than_4_to_1():
+    lay = old_pack_tiling(1000, 200)  # 5:1 tall -> 1280 x 256, then the central 1024 x 256
+    assert lay.resize == (1280, 256) and lay.crop == (1024, 256)
+    assert lay.grid.tops == (0, 256, 512, 768) and lay.grid.lefts == (0,)
+    with pytest.raises(InputError, match="0x5"):
+        old_pack_tiling(0, 5)
