@@ -40,14 +40,16 @@ standins.SITE_DIMS = (320,) * 16
 for sub in ("checkpoints", "clip_vision", "ipadapter"):
     os.makedirs(os.path.join(base, sub), exist_ok=True)
 standins._make_checkpoint(base)
-config = dict(standins.CLIP_VISION_CONFIG, image_size=224, patch_size=32)  # the old pack always feeds 224 px
+# the old pack always feeds 224 px; its ClipVision Enhancer reads image embeds as a square grid even for plus
+# adapters, so the projection width is a square (8 x 8)
+config = dict(standins.CLIP_VISION_CONFIG, image_size=224, patch_size=32, projection_dim=64)
 json_path = os.path.join(base, "clip_vision", "ipa_clip_vision_224.json")
 with open(json_path, "w") as f:
     json.dump(config, f)
 cv = comfy.clip_vision.ClipVisionModel(json_path)
 standins._randomise(cv.model, torch.Generator().manual_seed(standins.SEED + 1))
 save_file({k: v.float().contiguous() for k, v in cv.get_sd().items()}, json_path[:-5] + ".safetensors")
-for name, kind, shape in (("ip-adapter_sd15_test.safetensors", "base", dict(encoder_dim=48, tokens=4)),
+for name, kind, shape in (("ip-adapter_sd15_test.safetensors", "base", dict(encoder_dim=64, tokens=4)),
                           ("ip-adapter-plus_sd15_test.safetensors", "plus",  # the old pack's fixed Resampler
                            dict(encoder_dim=64, tokens=16, resampler_dim=768, resampler_heads=12, depth=4))):
     proj, layers = adapter_parts(kind, ctx=768, site_dims=standins.SITE_DIMS, seed=5, **shape)

@@ -78,12 +78,15 @@ class OldAdvanced:
 
 
 def _advanced(where, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at, embeds_scaling,
-              image_negative, attn_mask, clip_vision, unfold=False, batch_size=0):
+              image_negative, attn_mask, clip_vision, unfold=False, batch_size=0, enhance=None, **controls):
+    """IPAdapter Advanced's apply (and every old apply built on it); ``enhance``: (tiles, ratio) of the ClipVision
+    Enhancer (encoder.encode); ``controls``: more plan controls (layer_weights, boost_weight, ...)."""
     plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, unfold, where),
                     weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
-                    attn_mask=attn_mask, compatibility=COMPATIBILITY, unfold_batch=unfold)
+                    attn_mask=attn_mask, compatibility=COMPATIBILITY, unfold_batch=unfold, **controls)
     tokens = encoder.encode(ipadapter.adapter, clip_of(ipadapter, clip_vision, where), image, where=where,
-                            uncond=plan.encode_uncond, negative_image=image_negative, batch_size=batch_size)
+                            uncond=plan.encode_uncond, negative_image=image_negative, batch_size=batch_size,
+                            enhance=enhance)
     return apply_tokens(model, ipadapter, combined(tokens, combine_embeds, where), plan, where)
 
 
@@ -174,24 +177,31 @@ class OldFaceID:
             weight_type: str, combine_embeds: str, start_at: float, end_at: float, embeds_scaling: str,
             image_negative: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
             clip_vision: Any = None, insightface: Any = None):
-        where = self.DISPLAY_NAME
-        faces = insightface if insightface is not None else ipadapter.face_models
-        if faces is None:
-            raise InputError(f"{where}: connect 'insightface' (IPAdapter InsightFace Loader).")
-        # the old node applies no LoRA: clients load the FaceID LoRA themselves
-        plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, self.UNFOLD, where),
-                        weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
-                        attn_mask=attn_mask, compatibility=COMPATIBILITY, lora_strength=0.0,
-                        unfold_batch=self.UNFOLD)
-        clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
-        face_encoder = FaceEncoder(faces=faces, clip_vision=clip, det_sizes=DET_SIZES,
-                                   v2_scale=float(weight_faceidv2), crop_colors=FACE_CROP)
-        tokens, crops, notes = encode_faces(ipadapter.adapter, face_encoder, image, where=where)
-        if image_negative is not None:
-            notes.append("'image_negative' is not used (the uncond is the zero face embedding).")
-        patched = install(model, ipadapter.adapter, combined(tokens, combine_embeds, where), plan, where=where,
-                          notes=notes)
-        return {"ui": {"text": [ipadapter.adapter.spec.describe()] + notes}, "result": (patched, crops)}
+        return _faceid(self.DISPLAY_NAME, model, ipadapter, image, weight, weight_faceidv2, weight_type,
+                       combine_embeds, start_at, end_at, embeds_scaling, image_negative, attn_mask, clip_vision,
+                       insightface, unfold=self.UNFOLD)
+
+
+def _faceid(where, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds, start_at, end_at,
+            embeds_scaling, image_negative, attn_mask, clip_vision, insightface, unfold=False, **controls):
+    """IPAdapter FaceID's apply (and the Mad Scientist's with a FaceID adapter): {"ui", "result": (model, crops)}."""
+    faces = insightface if insightface is not None else ipadapter.face_models
+    if faces is None:
+        raise InputError(f"{where}: connect 'insightface' (IPAdapter InsightFace Loader).")
+    # the old node applies no LoRA: clients load the FaceID LoRA themselves
+    plan = plan_for(model, ipadapter.adapter, where=where, **weight_controls(weight, unfold, where),
+                    weight_type=weight_type, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
+                    attn_mask=attn_mask, compatibility=COMPATIBILITY, lora_strength=0.0, unfold_batch=unfold,
+                    **controls)
+    clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
+    face_encoder = FaceEncoder(faces=faces, clip_vision=clip, det_sizes=DET_SIZES,
+                               v2_scale=float(weight_faceidv2), crop_colors=FACE_CROP)
+    tokens, crops, notes = encode_faces(ipadapter.adapter, face_encoder, image, where=where)
+    if image_negative is not None:
+        notes.append("'image_negative' is not used (the uncond is the zero face embedding).")
+    patched = install(model, ipadapter.adapter, combined(tokens, combine_embeds, where), plan, where=where,
+                      notes=notes)
+    return {"ui": {"text": [ipadapter.adapter.spec.describe()] + notes}, "result": (patched, crops)}
 
 
 @old_node("IPAAdapterFaceIDBatch")

@@ -198,20 +198,28 @@ ADAPTERS = {"base": "ip-adapter_sd15_test.safetensors", "plus": "ip-adapter-plus
 
 def _old_graph(case: str) -> tuple[dict, str]:
     """An old-ID API graph on make_models' files, ending in SaveLatent; (graph, the apply node's class)."""
-    kind, apply, inputs = CASES[case]
+    kind, apply, inputs, extra = (*CASES[case], {})[:4]
     w = wc.Graph()
     ckpt = w.add("CheckpointLoaderSimple", ckpt_name="ipa_standin_sd15.safetensors")
     clip_vision = w.add("IPATest_CLIPVisionLoaderJSON", clip_name="ipa_clip_vision_224.safetensors")
     ipadapter = w.add("IPAdapterModelLoader", ipadapter_file=ADAPTERS[kind])
     image = w.add("LoadImage", image=os.path.basename(REFERENCE))
+    if "size" in extra:  # a reference of another shape (the tiled geometry depends on it)
+        width, height = extra["size"]
+        image = w.add("ImageScale", image=image, upscale_method="bicubic", width=width, height=height, crop="disabled")
     inverted = w.add("ImageInvert", image=image)
     batch = 1
     common = {"model": ckpt, "ipadapter": ipadapter, "start_at": 0.0, "end_at": 1.0}
+    if "mask_size" in extra:  # the reference's red channel as an attention mask of another shape
+        width, height = extra["mask_size"]
+        scaled = w.add("ImageScale", image=image, upscale_method="bicubic", width=width, height=height,
+                       crop="disabled")
+        common["attn_mask"] = w.add("ImageToMask", image=scaled, channel="red")
     if apply == "IPAdapterEmbeds":  # Krita's shape: each reference encoded with its strength, concat, Embeds
         embeds = [w.add("IPAdapterEncoder", ipadapter=ipadapter, image=im, weight=wt, clip_vision=clip_vision)
                   for im, wt in ((image, 1.0), (inverted, 0.7))]
         both = w.add("IPAdapterCombineEmbeds", embed1=embeds[0], embed2=embeds[1], method="concat")
-        model = w.add(apply, pos_embed=both, clip_vision=clip_vision, attn_mask=None, **common, **inputs)
+        model = w.add(apply, pos_embed=both, clip_vision=clip_vision, **{"attn_mask": None, **common}, **inputs)
     else:
         if apply.endswith("Batch"):
             image, batch = w.add("ImageBatch", image1=image, image2=inverted), 2
@@ -225,8 +233,15 @@ def _old_graph(case: str) -> tuple[dict, str]:
     return w.root, apply
 
 
+def _plain(case: str, graph: dict, apply: str) -> dict:
+    """The same graph without the adapter's effect: weight 0 (and a precise node's boost 0, which acts alone)."""
+    extra = (*CASES[case], {})[3]
+    return wc.set_inputs(graph, apply, weight=0.0, **extra.get("plain", {}))
+
+
 ADVANCED = {"weight": 1.0, "combine_embeds": "concat", "embeds_scaling": "V only"}
-CASES = {  # case -> (adapter, old apply ID, its other inputs)
+TILED = {"weight": 0.9, "weight_type": "linear", "sharpening": 0.0, "embeds_scaling": "V only"}
+CASES = {  # case -> (adapter, old apply ID, its other inputs[, extra: "size" / "mask_size" (w, h), "plain" inputs])
     "Advanced base linear": ("base", "IPAdapterAdvanced", {**ADVANCED, "weight_type": "linear"}),
     "Advanced plus style transfer K+V": ("plus", "IPAdapterAdvanced",
                                          {**ADVANCED, "weight_type": "style transfer", "embeds_scaling": "K+V"}),
@@ -237,6 +252,36 @@ CASES = {  # case -> (adapter, old apply ID, its other inputs)
     "Batch, two images, two latents": ("plus", "IPAdapterBatch",
                                        {"weight": 0.8, "weight_type": "linear", "embeds_scaling": "V only",
                                         "encode_batch_size": 0}),
+    "Precise Style Transfer, style_boost 1.5": ("plus", "IPAdapterPreciseStyleTransfer",
+                                                {**ADVANCED, "style_boost": 1.5}, {"plain": {"style_boost": 0.0}}),
+    "Precise Style Transfer at weight 0 (the boost acts alone)": (
+        "plus", "IPAdapterPreciseStyleTransfer", {**ADVANCED, "weight": 0.0, "style_boost": 1.0},
+        {"plain": {"style_boost": 0.0}}),
+    "Precise Composition, composition_boost 0.3, K+V": (
+        "plus", "IPAdapterPreciseComposition", {**ADVANCED, "composition_boost": 0.3, "embeds_scaling": "K+V"},
+        {"plain": {"composition_boost": 0.0}}),
+    "Precise Composition Batch, two images, two latents": (
+        "plus", "IPAdapterPreciseCompositionBatch", {**ADVANCED, "composition_boost": 0.0}),
+    "Mad Scientist, layer_weights": ("plus", "IPAdapterMS", {**ADVANCED, "weight_type": "linear", "weight": 0.9,
+                                                             "weight_faceidv2": 1.0,
+                                                             "layer_weights": "0:1.0, 3:0.5, 5:1.2, 12:0.8"}),
+    "Mad Scientist, layer_weights with style transfer precise": (
+        "base", "IPAdapterMS", {**ADVANCED, "weight_type": "style transfer precise", "weight_faceidv2": 1.0,
+                                "layer_weights": "4:0.6, 5:1.0, 9:1.0"}),
+    "Tiled, square reference (4 tiles)": ("plus", "IPAdapterTiled", {**TILED, "combine_embeds": "concat"}),
+    "Tiled, wide reference 700x300, sharpening 0.4, base": (
+        "base", "IPAdapterTiled", {**TILED, "combine_embeds": "average", "sharpening": 0.4,
+                                   "weight_type": "ease out"}, {"size": (700, 300)}),
+    "Advanced with a 7:3 attn_mask": ("plus", "IPAdapterAdvanced", {**ADVANCED, "weight_type": "linear"},
+                                     {"mask_size": (700, 300)}),
+    "Tiled Batch, two images, two latents": ("plus", "IPAdapterTiledBatch", {**TILED, "encode_batch_size": 0}),
+    "ClipVision Enhancer, 2 x 2 tiles, ratio 0.6": (
+        "plus", "IPAdapterClipVisionEnhancer", {**ADVANCED, "weight_type": "linear", "enhance_tiles": 2,
+                                                "enhance_ratio": 0.6}),
+    "ClipVision Enhancer Batch, 3 x 3 tiles, two images, two latents": (
+        "plus", "IPAdapterClipVisionEnhancerBatch", {"weight": 0.8, "weight_type": "ease in",
+                                                     "embeds_scaling": "K+V", "enhance_tiles": 3,
+                                                     "enhance_ratio": 0.5, "encode_batch_size": 1}),
 }
 
 
@@ -256,7 +301,7 @@ def test_the_old_pack_and_this_pack_give_the_same_latents(two_servers, case):
     graph, apply = _old_graph(case)
     _skip_unless_served(*{n["class_type"] for n in graph.values() if n["class_type"].startswith("IPAdapter")})
     latent_old, latent_ours = _latent(old_server, graph), _latent(ours, graph)
-    plain = wc.set_inputs(graph, apply, weight=0.0)
+    plain = _plain(case, graph, apply)
     latent_plain = _latent(old_server, plain)
     scale = float(latent_old.abs().max())
     effect = float((latent_old - latent_plain).abs().max())
