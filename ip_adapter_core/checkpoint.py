@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import CorruptFileError, NotAnIPAdapterError, UnsupportedAdapterError
+from .errors import CorruptFileError, NotAnIPAdapterError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -24,6 +24,8 @@ _DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
+# XLabs Flux files are flat: their projection's prefix (stripped) and their double-block layers (kept whole).
+_XLABS_PROJ, _XLABS_LAYERS = "ip_adapter_proj_model.", "double_blocks."
 # Prefix pairs used by published files and training checkpoints, in the order they are tried.
 _PART_PREFIXES = (("image_proj.", "ip_adapter."), ("image_proj_model.", "adapter_modules."), ("image_proj.", "adapter_modules."))
 
@@ -161,10 +163,17 @@ def _flatten(obj: object, name: str) -> dict[str, torch.Tensor]:
 def split_parts(state_dict: Mapping[str, torch.Tensor], *, name: str = "the file") -> AdapterParts:
     """Split a flat state dict into image_proj / ip_adapter parts by key prefix.
 
+    XLabs Flux files: image_proj = the ``ip_adapter_proj_model.*`` keys without that prefix, ip_adapter = the
+    ``double_blocks.*`` keys as they are (families/flux.py reads them).
     Raises NotAnIPAdapterError naming what the file looks like when neither prefix pair is present.
     """
-    if any(k.startswith(("ip_adapter_proj_model.", "double_blocks.")) for k in state_dict):
-        raise UnsupportedAdapterError(f"{name} is an XLabs Flux IP-Adapter; Flux is not supported yet.")
+    if any(k.startswith(_XLABS_PROJ) for k in state_dict):
+        proj = {k[len(_XLABS_PROJ):]: v for k, v in state_dict.items() if k.startswith(_XLABS_PROJ)}
+        layers = {k: v for k, v in state_dict.items() if k.startswith(_XLABS_LAYERS)}
+        if not layers:
+            raise NotAnIPAdapterError(f"{name} has an XLabs Flux image projection ('{_XLABS_PROJ}*') but no "
+                                      f"'{_XLABS_LAYERS}*' layers; the file is incomplete.")
+        return AdapterParts(image_proj=proj, ip_adapter=layers)
     for proj_prefix, layers_prefix in _PART_PREFIXES:
         proj = {k[len(proj_prefix):]: v for k, v in state_dict.items() if k.startswith(proj_prefix)}
         layers = {k[len(layers_prefix):]: v for k, v in state_dict.items() if k.startswith(layers_prefix)}
@@ -185,7 +194,7 @@ def guess_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "a LoRA"
     if any(k.startswith(("vision_model.", "visual.")) for k in keys):
         return "a CLIP vision encoder (that belongs in models/clip_vision)"
-    if any(k.startswith(("model.diffusion_model.", "input_blocks.", "down_blocks.")) for k in keys):
+    if any(k.startswith(("model.diffusion_model.", "input_blocks.", "down_blocks.", "double_blocks.")) for k in keys):
         return "a diffusion model / checkpoint"
     if any("controlnet" in k or k.startswith("control_model.") for k in keys):
         return "a ControlNet"

@@ -20,7 +20,14 @@ def _family_label(ctx: int) -> str:
 
 
 def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | None, *, adapter_name: str, where: str) -> None:
-    """The adapter's layers must match the model's cross-attention sites one for one (count and widths)."""
+    """The adapter's layers must match the model's sites one for one (count and widths): the UNet's cross-attention
+    sites, or a DiT's blocks for the families that patch blocks (Flux)."""
+    dit = families.family_of(spec).patch_path == "blocks"
+    if dit and (not sites or context_dim is None):
+        base = FAMILY_LABEL.get(spec.family, "DiT")
+        raise IncompatibleError(
+            f"{where}: '{adapter_name}' is an {spec.describe()} adapter, for {base} models, but this model has no "
+            f"{base} blocks (is it an SD1.5 / SDXL UNet?); load a {base} model, or an adapter made for this model.")
     if not sites or context_dim is None:
         raise IncompatibleError(
             f"{where}: the model has no UNet cross-attention layers (is it a DiT such as Flux or SD3?); "
@@ -36,8 +43,9 @@ def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | Non
     widths = tuple(s.hidden for s in sites)
     if widths != spec.site_dims:
         raise IncompatibleError(
-            f"{where}: the adapter '{adapter_name}' has {spec.num_sites} cross-attention layers {_summary(spec.site_dims)} but "
-            f"the model has {len(sites)} {_summary(widths)}; this adapter was trained for a different UNet layout."
+            f"{where}: the adapter '{adapter_name}' has {spec.num_sites} {'blocks' if dit else 'cross-attention layers'} "
+            f"{_summary(spec.site_dims)} but the model has {len(sites)} {_summary(widths)}; this adapter was trained "
+            f"for a different {'model' if dit else 'UNet'} layout."
         )
 
 

@@ -8,9 +8,14 @@ from typing import Mapping
 import torch
 
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 2048: "sdxl"}
-FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL"}
+# Adapter families made for one base model whatever their width (4096 is T5's, Kolors' and SD3's context alike).
+FAMILY_BY_ADAPTER = {"xlabs-flux": "flux"}
+FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux"}
 KIND_LABEL = {"base": "Base", "plus": "Plus", "full_face": "Full face", "faceid": "FaceID", "faceid_plus": "FaceID Plus",
-              "portrait": "FaceID Portrait", "portrait_unnorm": "FaceID Portrait (unnormalised face embedding)"}
+              "portrait": "FaceID Portrait", "portrait_unnorm": "FaceID Portrait (unnormalised face embedding)",
+              "xlabs": "XLabs Flux"}
+# Kinds whose published versions differ by token count only: kind -> {num_tokens: version}.
+KIND_VERSION_BY_TOKENS = {"xlabs": {4: "v1", 16: "v2"}}
 # Kinds whose tokens are per face: n faces give n * num_tokens tokens, concatenated (families/faceid.concat_faces).
 PER_FACE_KINDS = frozenset({"portrait", "portrait_unnorm"})
 
@@ -21,7 +26,9 @@ class AdapterSpec:
 
     kind: "base" (Linear+LayerNorm, 4 tokens), "plus" (Perceiver resampler), "full_face" (MLP over all ViT tokens);
     FaceID (adapter_family "faceid"): "faceid" (MLP over the face embedding), "faceid_plus" (MLP + face Perceiver
-    over CLIP states), "portrait" (MLP, tokens per face), "portrait_unnorm" (Resampler over the raw face embedding).
+    over CLIP states), "portrait" (MLP, tokens per face), "portrait_unnorm" (Resampler over the raw face embedding);
+    XLabs Flux (adapter_family "xlabs-flux"): "xlabs" (Linear + LayerNorm, 4 tokens in v1, 16 in v2; one site per
+    double block, cross_attention_dim = the T5 context width the tokens live in).
     encoder_input: which encoder output the projection reads: CLIP vision "image_embeds" [B, E] or "penultimate"
     [B, N, E]; a face model's "face_normed" (L2-normalised) or "face_raw" embedding [B, E].
     site_dims: output width of to_k_ip/to_v_ip per cross-attention site, in checkpoint order N = 1, 3, 5, ...
@@ -48,8 +55,9 @@ class AdapterSpec:
 
     @property
     def family(self) -> str:
-        """"sd15", "sdxl", or "ctx<N>" for a context width no published base model has."""
-        return FAMILY_BY_CONTEXT_DIM.get(self.cross_attention_dim, f"ctx{self.cross_attention_dim}")
+        """"sd15", "sdxl", "flux" (XLabs), or "ctx<N>" for a context width no published base model has."""
+        return FAMILY_BY_ADAPTER.get(self.adapter_family) or FAMILY_BY_CONTEXT_DIM.get(
+            self.cross_attention_dim, f"ctx{self.cross_attention_dim}")
 
     @property
     def num_sites(self) -> int:
@@ -64,8 +72,12 @@ class AdapterSpec:
 
     def describe(self) -> str:
         """One line for the UI and for errors: "Plus, SDXL, 16 tokens, needs CLIP ViT-H"; "FaceID Plus v2 (assumed
-        from the file name: v1 and v2 have the same tensors), SDXL, 4 tokens, LoRA rank 128, needs ..."."""
+        from the file name: v1 and v2 have the same tensors), SDXL, 4 tokens, LoRA rank 128, needs ...";
+        "XLabs Flux v2, Flux, 16 tokens, needs CLIP ViT-L"."""
         kind = KIND_LABEL.get(self.kind, self.kind)
+        version = KIND_VERSION_BY_TOKENS.get(self.kind, {}).get(self.num_tokens or 0)
+        if version:
+            kind += f" {version}"
         if self.plus_version:
             kind += f" {self.plus_version} (assumed from the file name: v1 and v2 have the same tensors)"
         tokens = f"{self.num_tokens} tokens" if self.num_tokens else "one token per ViT patch"
@@ -81,9 +93,10 @@ def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str,
 
     image_proj / ip_adapter: the two parts of the file, keys without their part prefix.
     ``name`` appears in messages; one family reads one fact from it: FaceID Plus v1 / v2, whose tensors are identical.
-    Raises UnsupportedAdapterError for known families this package does not implement (Kolors FaceID, SD3.5; XLabs
-    Flux files are told apart earlier, by their top-level keys, in checkpoint.split_parts) and NotAnIPAdapterError
-    for anything else that does not fit, naming the families tried.
+    XLabs Flux files (flat ``ip_adapter_proj_model.*`` + ``double_blocks.*`` keys) come here split by
+    checkpoint.split_parts and are detected by their family (families/flux.py).
+    Raises UnsupportedAdapterError for known families this package does not implement (Kolors FaceID, SD3.5) and
+    NotAnIPAdapterError for anything else that does not fit, naming the families tried.
     """
     from .families.registry import detect
 

@@ -12,6 +12,10 @@ The layer-map types (style transfer, composition, ...) are the incumbent's table
 SpatialTransformers hold more than one transformer block (SDXL, Kolors), else the SD1.5 table. Map entries whose
 index the model does not have are ignored; sites missing from a map get weight 0.
 
+DiT blocks (Flux: sites ("double", i, 0)): each block is one "layer" (t_idx = its index, double blocks before
+single ones), so the curve types (linear, ease in / out / in-out, reverse in-out) ramp over the blocks and layer
+weights address blocks by index (``3:0.5``) or key (``double.3:0.5``); the types that name UNet parts are refused.
+
 Layer weights syntax (:func:`parse_layer_weights`): entries ``target:value`` separated by commas or new lines;
 a target is
   ``3``            a SpatialTransformer by its t_idx (every transformer block inside it), as the incumbent's
@@ -39,7 +43,11 @@ WEIGHT_TYPES = (
     "style transfer precise", "composition precise",
 )
 
-_EXECUTION_ORDER = {"input": 0, "middle": 1, "output": 2}
+_EXECUTION_ORDER = {"input": 0, "middle": 1, "output": 2, "double": 3, "single": 4}  # DiT blocks: Flux's order
+DIT_BLOCKS = frozenset({"double", "single"})
+# The types that read only the sites' order (a curve over the blocks), so they mean the same on a DiT's blocks; the
+# others name UNet parts (input / middle / output, the style and composition SpatialTransformers).
+ORDER_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out")
 _WEAK = {"weak input": ("input",), "weak middle": ("middle",), "weak output": ("output",),
          "strong middle": ("input", "output")}
 
@@ -100,6 +108,14 @@ def check_weight_type(weight_type: str) -> None:
     check_choice(weight_type, WEIGHT_TYPES, input_name="weight_type", what="weight type")
 
 
+def check_dit_weight_type(weight_type: str, sites: Sequence[Site]) -> None:
+    """On a DiT's blocks (Flux) only the curve types apply: each block is one "layer", in the model's order (the
+    XLabs begin -> end ramps); the UNet types name parts a DiT does not have."""
+    if weight_type not in ORDER_TYPES and any(s.block in DIT_BLOCKS for s in sites):
+        raise InputError(f"input 'weight_type': '{weight_type}' names UNet layers (SD1.5 / SDXL); on this DiT "
+                         f"model use one of {', '.join(ORDER_TYPES)} (a curve over its blocks), or layer_weights.")
+
+
 def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weight_composition: float = 1.0,
                  layer_weights: Sequence[float] | None = None, precise_boost: float = 1.0,
                  boost_weight: float | None = None) -> tuple[float, ...]:
@@ -116,6 +132,7 @@ def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weig
     "linear" gives exactly ``weight`` everywhere.
     """
     check_weight_type(weight_type)
+    check_dit_weight_type(weight_type, sites)
     if layer_weights is not None:
         if len(layer_weights) != len(sites):
             raise InputError(f"layer weights: {len(layer_weights)} values for {len(sites)} sites.")
@@ -123,7 +140,7 @@ def site_weights(weight_type: str, sites: Sequence[Site], *, weight: float, weig
     t_idx = transformer_indices(sites)
     if weight_type in _WEAK:
         return tuple(weight * 0.2 if s.block in _WEAK[weight_type] else weight for s in sites)
-    if weight_type in ("linear", "ease in", "ease out", "ease in-out", "reverse in-out"):
+    if weight_type in ORDER_TYPES:
         n = num_transformers(sites)
         return tuple(weight * _curve(weight_type, t, n) for t in t_idx)
     table = _layer_map(weight_type, is_sdxl_shaped(sites), num_transformers(sites), w=weight, wc=weight_composition,
@@ -139,6 +156,7 @@ def swapped_sites(weight_type: str, sites: Sequence[Site]) -> frozenset[int]:
     other layer. Empty for every other type.
     """
     check_weight_type(weight_type)
+    check_dit_weight_type(weight_type, sites)
     if weight_type not in ("style transfer precise", "composition precise"):
         return frozenset()
     composition = {3} if is_sdxl_shaped(sites) else {4, 5}
@@ -146,7 +164,7 @@ def swapped_sites(weight_type: str, sites: Sequence[Site]) -> frozenset[int]:
     return frozenset(i for i, t in enumerate(transformer_indices(sites)) if (t in composition) == inside)
 
 
-_ENTRY = re.compile(r"^(?:(?P<t>\d+)|[Nn](?P<n>\d+)|(?P<block>input|middle|output)\.(?P<id>\d+)(?:\.(?P<index>\d+))?)"
+_ENTRY = re.compile(r"^(?:(?P<t>\d+)|[Nn](?P<n>\d+)|(?P<block>input|middle|output|double|single)\.(?P<id>\d+)(?:\.(?P<index>\d+))?)"
                     r"\s*:\s*(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 _SYNTAX = ("entries 'target:value' separated by commas or new lines, where target is a SpatialTransformer index "
            "('3'), a checkpoint layer number ('N29') or a site key ('output.1.3' or 'output.1'), e.g. '3:1.0, 6:0.5'")

@@ -7,6 +7,9 @@ A family is data plus functions, all of them pure torch:
 - ``encoder_need(spec)``: what its encoder stage must provide (:class:`EncoderNeed`: kind, output, width);
 - ``patch_path``: how the host layer patches a model for it ("attn2": UNet cross-attention replacement;
   "blocks": DiT block patches, for Flux / SD3.5);
+- ``load_model`` (optional): the loaded adapter module of a family whose per-site layers are not to_k_ip / to_v_ip
+  (XLabs Flux); without it, projection.IPAdapterModel.from_parts;
+- ``site_blocks`` (DiT families): which blocks are its sites ("double" for XLabs Flux); () = the UNet's attn2 sites;
 - ``presets``: its unified-loader presets.
 Families that are recognised but not implemented yet (SD3.5, Kolors FaceID) register with ``implemented=False``:
 their ``detect`` raises UnsupportedAdapterError with what to use instead, so a user is told what the file is.
@@ -24,7 +27,8 @@ from .registry import (EncoderNeed, Family, Preset, Tensors, build_projection, d
 from . import pending as _pending  # noqa: E402  (SD3.5, Kolors FaceID: recognised, not implemented yet)
 from . import faceid as _faceid  # noqa: E402  (FaceID, FaceID Plus, portrait: their files have to_k_ip keys too)
 from . import sd_unet as _sd_unet  # noqa: E402  (SD1.5 / SDXL base, plus, full face)
-BUILT_IN = (_pending, _faceid, _sd_unet)  # the modules that registered the built-in families, in the order asked
+from . import flux as _flux  # noqa: E402  (XLabs Flux v1 / v2: double_blocks.* keys, no to_k_ip)
+BUILT_IN = (_pending, _faceid, _sd_unet, _flux)  # the modules that registered the built-in families, in the order asked
 
 from .faceid import FaceFeatures, concat_faces, face_features, zero_features  # noqa: E402
 

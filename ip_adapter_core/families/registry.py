@@ -24,13 +24,17 @@ class EncoderNeed:
     """What the encoder stage must give a family's projection: the encoder ``kind`` ("clip_vision" or "face"), which
     ``output`` of it (CLIP vision: "image_embeds" (B, E) or "penultimate" (B, N, E); face: "normed" or "raw" (B, E)),
     its ``width`` E, and ``label``, the encoder to name in messages ("CLIP ViT-H"). ``clip``: a second encoder the
-    projection also reads (FaceID Plus: the CLIP vision penultimate states of the aligned face), None for most."""
+    projection also reads (FaceID Plus: the CLIP vision penultimate states of the aligned face), None for most.
+    ``uncond``: what the reference implementation encodes for the negative side: "zero" (the zero embedding, or an
+    all-zero normalised image for token features: h94's training) or "black image" (the encoder run on a black
+    image: XLabs Flux, as diffusers and XLabs build their negative image prompt)."""
 
     kind: str
     output: str
     width: int
     label: str
     clip: "EncoderNeed | None" = None
+    uncond: str = "zero"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class Family:
     patch_path: str = "attn2"
     presets: Mapping[str, Preset] = field(default_factory=dict)
     implemented: bool = True
+    # load_model(spec, image_proj, ip_adapter, name=...) -> the loaded adapter module, for families whose layers are
+    # not to_k_ip / to_v_ip per site (XLabs Flux: biased K/V per double block); None: projection.IPAdapterModel.from_parts.
+    load_model: Callable[..., nn.Module] | None = None
+    # DiT families ("blocks" path): the kinds of block that are their sites, in the model's order ("double",
+    # "single": Flux); () = the UNet's attn2 sites.
+    site_blocks: tuple[str, ...] = ()
 
 
 _FAMILIES: list[Family] = []

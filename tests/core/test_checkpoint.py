@@ -19,7 +19,6 @@ from ip_adapter_core.errors import (
     CorruptFileError,
     IPAdapterError,
     NotAnIPAdapterError,
-    UnsupportedAdapterError,
 )
 from testkit.aten import AtenLog
 
@@ -284,10 +283,10 @@ def test_bin_holding_a_tensor_not_a_dict(tmp_path):
         load_adapter_parts(path)
 
 
-def test_xlabs_flux_adapter_is_reported_as_unsupported(tmp_path):
+def test_xlabs_flux_adapter_is_split_and_detected(tmp_path):
     # XLabs flux-ip-adapter layout (§1 table, §7): 'ip_adapter_proj_model.*' + 'double_blocks.i.processor.*'.
-    # spec.detect_spec's docstring promises UnsupportedAdapterError for XLabs Flux; a user should be told
-    # "Flux IP-Adapter, not supported", not "this is not an IP-Adapter".
+    # split_parts strips the projection's prefix and keeps the block keys whole; families/flux.py detects it
+    # (it used to be refused as "Flux is not supported yet").
     sd = {"ip_adapter_proj_model.proj.weight": _z(64, 8), "ip_adapter_proj_model.proj.bias": _z(64),
           "ip_adapter_proj_model.norm.weight": _z(16), "ip_adapter_proj_model.norm.bias": _z(16)}
     for i in range(19):
@@ -296,9 +295,18 @@ def test_xlabs_flux_adapter_is_reported_as_unsupported(tmp_path):
             sd[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kv}_proj.bias"] = _z(12)
     path = str(tmp_path / "ip_adapter.safetensors")
     save_file(sd, path)
-    with pytest.raises(UnsupportedAdapterError) as e:
-        spec_of(path)
-    assert "flux" in str(e.value).lower()
+    parts = load_adapter_parts(path)
+    assert sorted(parts.image_proj) == ["norm.bias", "norm.weight", "proj.bias", "proj.weight"]
+    assert sorted(parts.ip_adapter) == sorted(k for k in sd if k.startswith("double_blocks."))
+    spec = spec_of(path)
+    assert (spec.adapter_family, spec.kind, spec.num_tokens, spec.cross_attention_dim, spec.encoder_dim,
+            spec.site_dims) == ("xlabs-flux", "xlabs", 4, 16, 8, (12,) * 19)
+
+
+def test_xlabs_projection_without_block_layers_is_named_incomplete():
+    sd = {"ip_adapter_proj_model.proj.weight": _z(64, 8), "ip_adapter_proj_model.norm.weight": _z(16)}
+    with pytest.raises(NotAnIPAdapterError, match="XLabs Flux image projection .* but no 'double_blocks"):
+        split_parts(sd, name="'ip_adapter.safetensors'")
 
 
 # --- pickle safety ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ip_adapter_core import detect_spec
 from ip_adapter_core.compat import check_encoder, check_model, check_range, prepare_images
 from ip_adapter_core.errors import IncompatibleError, InputError
 from ip_adapter_core.sites import Site
+from ip_adapter_core.spec import AdapterSpec
 from testkit.adapters import published
 
 WHERE = "IPA Apply"
@@ -227,3 +228,21 @@ def test_start_after_end_raises():
 @pytest.mark.parametrize("start,end", [(0.5, 0.5), (0.0, 1.0), (0.0, 0.0), (1.0, 1.0), (0.2, 0.8)])
 def test_valid_ranges_pass(start, end):
     check_range(start, end, where=WHERE)
+
+
+XLABS = AdapterSpec(kind="xlabs", cross_attention_dim=4096, encoder_input="image_embeds", encoder_dim=768, num_tokens=4,
+                    site_dims=(3072,) * 19, adapter_family="xlabs-flux")
+
+
+def test_a_flux_adapter_on_a_unet_model_names_both():
+    """An XLabs Flux adapter on SD1.5 (the UNet has no Flux double blocks: no sites of its kind)."""
+    with pytest.raises(IncompatibleError, match=r"'x.safetensors' is an XLabs Flux v1, Flux, 4 tokens.*for Flux models.*"
+                                                r"no Flux blocks \(is it an SD1.5 / SDXL UNet\?\)"):
+        check_model(XLABS, [], 768, adapter_name="x.safetensors", where="IPA Apply")
+
+
+def test_a_flux_adapter_for_another_depth_says_blocks():
+    sites = [Site("double", i, 0, 3072) for i in range(8)]
+    with pytest.raises(IncompatibleError, match=r"has 19 blocks .* but the model has 8 .*different model layout"):
+        check_model(XLABS, sites, 4096, adapter_name="x.safetensors", where="IPA Apply")
+    check_model(XLABS, [Site("double", i, 0, 3072) for i in range(19)], 4096, adapter_name="x", where="IPA Apply")

@@ -57,10 +57,11 @@ def toy_parts(seed=0):
 
 def test_built_in_families_and_their_order():
     names = [f.name for f in families.registered()]
-    assert names == ["sd35", "kolors-faceid", "faceid", "sd-unet"], names  # narrower signatures first
-    assert [f.implemented for f in families.registered()] == [False, False, True, True]
+    # narrower signatures first; XLabs Flux's (double_blocks.* keys) overlaps none of the others
+    assert names == ["sd35", "kolors-faceid", "faceid", "sd-unet", "xlabs-flux"], names
+    assert [f.implemented for f in families.registered()] == [False, False, True, True, True]
     assert families.get("sd-unet").patch_path == "attn2" and families.get("sd35").patch_path == "blocks"
-    assert families.get("faceid").patch_path == "attn2"
+    assert families.get("faceid").patch_path == "attn2" and families.get("xlabs-flux").patch_path == "blocks"
 
 
 def test_a_toy_family_is_detected_builds_and_loads_without_touching_the_package(toy):

@@ -12,7 +12,7 @@ import torch
 
 from ip_adapter_core.attention import EMBEDS_SCALINGS, scale_kv, site_kv
 from ip_adapter_core.errors import InputError
-from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, expand_layout
+from ip_adapter_core.sites import SD15_LAYOUT, SDXL_LAYOUT, Site, expand_layout
 from ip_adapter_core.weighting import (WEIGHT_TYPES, num_transformers, parse_layer_weights, site_weights,
                                        swapped_sites, transformer_indices)
 from testkit.adapters import SD15_T, SDXL_T
@@ -313,3 +313,29 @@ def test_unknown_scaling_is_an_input_error():
     with pytest.raises(InputError, match="embeds_scaling.*'V only'"):
         scale_kv(k, v, weight=1.0, scaling="V", width=64)
     assert EMBEDS_SCALINGS[0] == "V only"
+
+
+# ---------------------------------------------------------------------------------------------- DiT blocks (Flux)
+
+FLUX_DOUBLE = [Site("double", i, 0, 3072) for i in range(19)]
+
+
+def test_dit_blocks_take_the_curve_types_over_their_order():
+    assert site_weights("linear", FLUX_DOUBLE, weight=0.7) == (0.7,) * 19
+    ramp = site_weights("ease out", FLUX_DOUBLE, weight=1.0)  # block i at 0.05 + 0.95 * i / 19
+    assert ramp[0] == pytest.approx(0.05) and ramp[18] == pytest.approx(0.05 + 0.95 * 18 / 19)
+    assert list(ramp) == sorted(ramp)
+    assert swapped_sites("linear", FLUX_DOUBLE) == frozenset()
+
+
+@pytest.mark.parametrize("weight_type", ["style transfer", "weak input", "composition precise", "strong middle"])
+def test_dit_blocks_refuse_the_types_that_name_unet_layers(weight_type):
+    with pytest.raises(InputError, match=f"'{weight_type}' names UNet layers.*ease in"):
+        site_weights(weight_type, FLUX_DOUBLE, weight=1.0)
+
+
+def test_layer_weights_address_dit_blocks_by_index_or_key():
+    got = parse_layer_weights("3:0.5, double.5:2", FLUX_DOUBLE)
+    assert got[3] == 0.5 and got[5] == 2.0 and sum(1 for f in got if f) == 2
+    with pytest.raises(InputError, match="SpatialTransformer 19"):
+        parse_layer_weights("19:1", FLUX_DOUBLE)
