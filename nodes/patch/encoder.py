@@ -49,7 +49,11 @@ class ClipVisionStage:
 
     def zero_features(self, adapter: LoadedAdapter, encoder: Any) -> tuple[torch.Tensor, bool]:
         """The reference uncond's features and whether they depend on the encoder: the zero embedding for base
-        adapters (no), the encoder run on an all-zero normalised image for plus / full face (yes)."""
+        adapters (no), the encoder run on an all-zero normalised image for plus / full face (yes); the encoder run on
+        a black image (yes) for the families whose reference says so (EncoderNeed.uncond: XLabs Flux)."""
+        if families.encoder_need(adapter.spec).uncond == "black image":
+            size = self.image_size(encoder)
+            return self.features(adapter, encoder, torch.zeros(1, size, size, 3)), True
         if adapter.spec.encoder_input == "image_embeds":
             return torch.zeros(1, adapter.spec.encoder_dim), False
         return encode_zero_pixels(encoder), True

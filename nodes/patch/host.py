@@ -14,6 +14,7 @@ import comfy.model_patcher
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
+from ...ip_adapter_core import families
 from ...ip_adapter_core.checkpoint import file_key, load_adapter_parts
 from ...ip_adapter_core.embeds import fingerprint
 from ...ip_adapter_core.errors import InputError
@@ -55,7 +56,8 @@ def load_adapter(path: str) -> LoadedAdapter:
         name = os.path.basename(path)
         parts = load_adapter_parts(path)
         spec = detect_spec(parts.image_proj, parts.ip_adapter, name=f"'{name}'")
-        model = IPAdapterModel.from_parts(spec, parts.image_proj, parts.ip_adapter, name=f"'{name}'")
+        load_model = families.family_of(spec).load_model or IPAdapterModel.from_parts
+        model = load_model(spec, parts.image_proj, parts.ip_adapter, name=f"'{name}'")
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
         adapter = LoadedAdapter(name=name, spec=spec, adapter_id=fingerprint({**parts.image_proj, **parts.ip_adapter}),
@@ -95,9 +97,32 @@ def model_sites(model_patcher: Any) -> list[Site]:
                             if getattr(tb, "attn2", None) is not None)
 
 
-def model_context_dim(model_patcher: Any) -> int | None:
-    """Width of the text context the model's cross-attention reads (768 SD1.5, 2048 SDXL), or None."""
+DIT_BLOCKS = {"double": "double_blocks", "single": "single_blocks"}  # Site.block -> the DiT's list of blocks
+
+
+def dit_sites(model_patcher: Any, kinds: tuple[str, ...]) -> list[Site]:
+    """The blocks of the given kinds ("double", "single": Flux) of a DiT as sites (block, index, 0, hidden), kind by
+    kind in the model's order; [] for models without them (UNets)."""
     dm = model_patcher.get_model_object("diffusion_model")
+    hidden = getattr(dm, "hidden_size", None)
+    if hidden is None:
+        return []
+    return [Site(kind, i, 0, int(hidden)) for kind in kinds for i in range(len(getattr(dm, DIT_BLOCKS[kind], None) or ()))]
+
+
+def family_sites(model_patcher: Any, family: Any) -> list[Site]:
+    """The sites a family's adapters patch on this model: the UNet's attn2 sites for UNet families (no
+    ``site_blocks``), else the DiT blocks of the family's kinds."""
+    kinds = tuple(getattr(family, "site_blocks", ()) or ())
+    return dit_sites(model_patcher, kinds) if kinds else model_sites(model_patcher)
+
+
+def model_context_dim(model_patcher: Any) -> int | None:
+    """Width of the text context the model reads (768 SD1.5, 2048 SDXL; a Flux DiT's text input, 4096), or None."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    txt_in = getattr(dm, "txt_in", None)
+    if isinstance(getattr(txt_in, "weight", None), torch.Tensor):
+        return int(txt_in.weight.shape[1])
     for module in dm.modules():
         if isinstance(module, SpatialTransformer):
             for tb in module.transformer_blocks:

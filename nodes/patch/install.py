@@ -3,8 +3,9 @@
 An apply node reads its inputs and calls :func:`plan_for` (the controls validated once, against the model's sites,
 before any image is encoded), gets its image tokens (encoder.py), and calls :func:`install`, which checks that the
 tokens were made by the adapter, converts the start/end fractions to sigmas, builds the run (run.py) and hands it to the
-patch path of the adapter's family (``Family.patch_path``): "attn2" = UNet cross-attention replacement (attn2.py).
-A family whose path is not built here yet (DiT "blocks" for Flux / SD3.5) is refused with what it is.
+patch path of the adapter's family (``Family.patch_path``): "attn2" = UNet cross-attention replacement (attn2.py),
+"blocks" = DiT block patches (blocks.py: Flux double blocks). The sites are the family's (host.family_sites: the
+UNet's attn2 sites, or the DiT blocks of the family's ``site_blocks``).
 :func:`reweight` goes over every path, and over the applies recorded as silent (weight 0 everywhere: no patch).
 """
 from __future__ import annotations
@@ -16,12 +17,12 @@ from ...ip_adapter_core.compat import check_model
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import IncompatibleError
 from ...ip_adapter_core.plan import ApplyPlan, make_plan
-from . import attn2
+from . import attn2, blocks
 from .lora import add_adapter_lora
-from .host import LoadedAdapter, model_context_dim, model_sites, percent_to_sigma
+from .host import LoadedAdapter, family_sites, model_context_dim, percent_to_sigma
 from .run import AdapterRun
 
-PATHS = {"attn2": attn2}  # Family.patch_path -> the module with install(m, run, sites) and reweight(m, scaled)
+PATHS = {"attn2": attn2, "blocks": blocks}  # Family.patch_path -> the module with install(m, run, sites) and reweight(m, scaled)
 SILENT_RUNS = "ipa_silent_runs"
 
 
@@ -30,17 +31,21 @@ def _path(adapter: LoadedAdapter, where: str):
     path = PATHS.get(family.patch_path)
     if path is None:
         raise IncompatibleError(f"{where}: '{adapter.name}' is one of the {family.label}, which patch the model's "
-                                f"'{family.patch_path}'; this version patches UNet cross-attention only.")
+                                f"'{family.patch_path}', which this version does not patch.")
     return path
 
 
 def plan_for(model: Any, adapter: LoadedAdapter, *, where: str, **controls: Any) -> ApplyPlan:
     """The validated plan of an apply node's ``controls`` (ip_adapter_core.plan.make_plan) for ``model``, with the
     adapter checked against the model: everything an apply checks before any image is encoded."""
-    _path(adapter, where)
-    sites = model_sites(model)
+    path = _path(adapter, where)
+    sites = family_sites(model, families.family_of(adapter.spec))
     check_model(adapter.spec, sites, model_context_dim(model), adapter_name=adapter.name, where=f"{where}, input 'model'")
-    return make_plan(sites, where=where, **controls)
+    plan = make_plan(sites, where=where, **controls)
+    check_plan = getattr(path, "check_plan", None)  # what a path cannot do yet, refused by name
+    if check_plan is not None:
+        check_plan(plan, where=where)
+    return plan
 
 
 def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: ApplyPlan, *, where: str,
@@ -53,7 +58,7 @@ def install(model: Any, adapter: LoadedAdapter, tokens: ImageTokens, plan: Apply
     unless the plan is silent (weight 0 everywhere = the model without the adapter, LoRA included);
     ``notes`` (optional) receives what that did, for the node's text."""
     path = _path(adapter, where)
-    sites = model_sites(model)
+    sites = family_sites(model, families.family_of(adapter.spec))
     tokens.check_fits(adapter.spec, adapter.adapter_id, adapter.name, where=f"{where}, input 'embeds'")
     if len(plan.site_weights) != len(sites):
         raise ValueError(f"{where}: the plan was made for a model with {len(plan.site_weights)} sites, this one has "
