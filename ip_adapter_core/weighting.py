@@ -23,7 +23,9 @@ a target is
   ``N29``          one site by its checkpoint layer number N (1, 3, 5, ...);
   ``output.1.3``   one site by its key (block.block_id.transformer_index);
   ``output.1``     every site of one SpatialTransformer by its block and block id.
-Later entries override earlier ones; sites not addressed get 0. Example: ``"3:1.0, 6:0.5, N29:0"``.
+Later entries override earlier ones; sites not addressed get 0. Example: ``"3:1.0, 6:0.5, N29:0"``. A plain list of
+numbers, one per SpatialTransformer (or DiT block) in order, gives each its factor: ``"1, 0.9, 0.8, ..."`` (19
+values for Flux's double blocks, as XLabs' per-block strengths).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import re
 from typing import Sequence
 
 from .errors import InputError, check_choice
-from .numbers import split_entries
+from .numbers import parse_numbers, split_entries
 from .sites import Site, layer_number
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ def swapped_sites(weight_type: str, sites: Sequence[Site]) -> frozenset[int]:
 
 _ENTRY = re.compile(r"^(?:(?P<t>\d+)|[Nn](?P<n>\d+)|(?P<block>input|middle|output|double|single)\.(?P<id>\d+)(?:\.(?P<index>\d+))?)"
                     r"\s*:\s*(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:[\s;]+[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)*$")
 _SYNTAX = ("entries 'target:value' separated by commas or new lines, where target is a SpatialTransformer index "
            "('3'), a checkpoint layer number ('N29') or a site key ('output.1.3' or 'output.1'), e.g. '3:1.0, 6:0.5'")
 
@@ -183,6 +186,13 @@ def parse_layer_weights(text: str, sites: Sequence[Site], *, skip_missing: bool 
         return None
     t_idx = transformer_indices(sites)
     n_st = num_transformers(sites)
+    if all(_NUMBER.match(e) for e in entries):  # a plain list: one factor per SpatialTransformer / DiT block
+        values = parse_numbers(text, where="input 'layer_weights'", example="1.0, 0.8, 0.6")
+        if len(values) != n_st:
+            raise InputError(f"input 'layer_weights': {len(values)} plain values, but this model has {n_st} "
+                             f"{'blocks' if any(s.block in DIT_BLOCKS for s in sites) else 'SpatialTransformers'}; "
+                             f"give one value each, or {_SYNTAX}.")
+        return tuple(values[t] for t in t_idx)
     factors = [0.0] * len(sites)
     for entry in entries:
         m = _ENTRY.match(entry)

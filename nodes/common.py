@@ -45,8 +45,9 @@ LAYER_WEIGHTS = ("STRING", {
     "tooltip": "Optional per-layer weights, replacing the weight type's curve (the precise types' swap still "
                "applies): 'target:value' entries separated by commas or lines. target = SpatialTransformer index "
                "('3:1.0, 6:0.5', numbered like the incumbent's Mad Scientist node), checkpoint layer ('N29:0.5') "
-               "or site key ('output.1.3:0.8', 'output.1:0.8'). Unlisted layers get 0; values are multiplied by "
-               "weight. Empty = use weight_type."})
+               "or site key ('output.1.3:0.8', 'output.1:0.8'); or a plain list, one value per SpatialTransformer (per "
+               "block on Flux: 19 values). Unlisted layers get 0; values are multiplied by weight. Empty = use "
+               "weight_type."})
 WEIGHT_COMPOSITION = ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
                                 "tooltip": "Weight of the composition (layout) layers for weight_type 'style and "
                                            "composition'; ignored by every other type."})

@@ -339,3 +339,15 @@ def test_layer_weights_address_dit_blocks_by_index_or_key():
     assert got[3] == 0.5 and got[5] == 2.0 and sum(1 for f in got if f) == 2
     with pytest.raises(InputError, match="SpatialTransformer 19"):
         parse_layer_weights("19:1", FLUX_DOUBLE)
+
+
+def test_a_plain_list_gives_each_block_or_transformer_its_factor():
+    ramp = ", ".join(f"{1 - i / 20:.2f}" for i in range(19))  # XLabs' per-block strengths: 19 values
+    got = parse_layer_weights(ramp, FLUX_DOUBLE)
+    assert got == tuple(round(1 - i / 20, 2) for i in range(19))
+    sdxl = parse_layer_weights(" ".join(["0"] * 6 + ["1"] + ["0"] * 4), SDXL)  # SDXL's 11 transformers, t 6 on
+    assert sdxl == parse_layer_weights("6:1", SDXL)
+    with pytest.raises(InputError, match="3 plain values, but this model has 19 blocks"):
+        parse_layer_weights("1, 0.5, 0.2", FLUX_DOUBLE)
+    with pytest.raises(InputError, match="layer_weights"):
+        parse_layer_weights("1, x, 0.2", FLUX_DOUBLE)
