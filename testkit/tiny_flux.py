@@ -68,13 +68,18 @@ def flux_inputs(batch: int = 2, size: int = 8, text: int = 5, seed: int = 1) -> 
                 guidance=torch.full((batch,), 3.5))
 
 
-def comfy_flux_forward(patcher: Any, inputs: dict, cond_or_uncond: list[int]) -> torch.Tensor:
-    """ComfyUI's Flux forward with the model's transformer_options, as calc_cond_batch sets them up."""
+def comfy_flux_forward(patcher: Any, inputs: dict, cond_or_uncond: list[int], **kwargs: Any) -> torch.Tensor:
+    """ComfyUI's Flux forward with the model's transformer_options and its wrappers, as sampling sets them up
+    (sampler_helpers puts the ModelPatcher's wrappers into transformer_options, calc_cond_batch the chunk order and
+    sigmas). ``kwargs``: more keywords of Flux.forward (ref_latents for Kontext)."""
+    import comfy.patcher_extension
+
     options = dict(patcher.model_options.get("transformer_options", {}))
+    options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
     options.update(cond_or_uncond=list(cond_or_uncond), sigmas=inputs["sigma"], uuids=[None] * len(cond_or_uncond))
     with torch.no_grad():
         return patcher.model.diffusion_model(inputs["x"], inputs["sigma"], inputs["context"], inputs["y"],
-                                             inputs["guidance"], transformer_options=options).float()
+                                             inputs["guidance"], transformer_options=options, **kwargs).float()
 
 
 def diffusers_flux_forward(reference: Any, inputs: dict, **kwargs: Any) -> torch.Tensor:

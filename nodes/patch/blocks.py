@@ -10,6 +10,9 @@
 - Several adapters on one block add up (one patch, several terms); a clone's patch is never changed (``with_term``
   returns a new one); K' / V' come from the run's cache (constant over the steps), so a step adds one small
   attention per block and no host sync.
+- Kontext: reference latents join the image stream after the latent's own tokens; they get no term. A
+  DIFFUSION_MODEL wrapper (one per patched model, key IMAGE_TOKENS) puts the latent's own token count into the
+  call's transformer_options, and the term covers only those tokens.
 - ``install`` / ``reweight`` are this path's half of nodes/patch/install.py, which dispatches by family.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import comfy.patcher_extension
 import torch
 
 from ...ip_adapter_core.attention import add_image_term
@@ -26,6 +30,7 @@ from .run import AdapterRun
 
 _log = logging.getLogger("comfyui-ipa")
 OVERRIDE = "optimized_attention_override"
+IMAGE_TOKENS = "ipa_image_tokens"  # transformer_options key: the latent's own image tokens (Kontext references after)
 DIT_KEYS = {"double": "double_block", "single": "single_block"}  # Site.block -> the dit patch key's kind
 _warned: set[str] = set()
 
@@ -67,16 +72,18 @@ class IPBlockPatch:
                                   "node replaced it?); the image prompt is skipped there.")
             return out
         img = out["img"]
-        txt_len, img_len = args["txt"].shape[1], args["img"].shape[1]
+        txt_len = args["txt"].shape[1]
+        n = min(int(options.get(IMAGE_TOKENS) or img.shape[1]), img.shape[1])  # the latent's own tokens
         q = args.get("pe")
         q = tap.q if q is None else unrope(tap.q, q)
         b, heads, _, d = q.shape
-        q = q[:, :, txt_len:txt_len + img_len].transpose(1, 2).reshape(b, img_len, heads * d).to(img.dtype)
+        q = q[:, :, txt_len:txt_len + n].transpose(1, 2).reshape(b, n, heads * d).to(img.dtype)
         cond_or_uncond = options.get("cond_or_uncond") or [0]
+        own = img[:, :n]
         for run, site in self.terms:
             k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond)
-            img = add_image_term(img, q, k_ip, v_ip, run.gate(options, img.dtype))
-        return {**out, "img": img}
+            own = add_image_term(own, q, k_ip, v_ip, run.gate(options, img.dtype))
+        return {**out, "img": own if n == img.shape[1] else torch.cat((own, img[:, n:]), dim=1)}
 
     def with_term(self, run: AdapterRun, site: int) -> "IPBlockPatch":
         return IPBlockPatch(self.terms + ((run, site),), self.inner)
@@ -117,9 +124,23 @@ def _dit(m: Any) -> dict:
     return m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
 
 
+def _record_image_tokens(executor: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """DIFFUSION_MODEL wrapper (Flux.forward(x, timestep, context, y, guidance, ref_latents, control,
+    transformer_options, **kw)): the call's transformer_options gain IMAGE_TOKENS, the number of tokens of ``x``
+    itself, so reference latents appended after them (Kontext) get no image term. A copy: the caller's dict is kept."""
+    if len(args) >= 7 and isinstance(args[6], dict):
+        patch = int(getattr(executor.class_obj, "patch_size", 2))
+        tokens = ((x.shape[-2] + patch // 2) // patch) * ((x.shape[-1] + patch // 2) // patch)
+        args = args[:6] + ({**args[6], IMAGE_TOKENS: tokens},) + args[7:]
+    return executor(x, *args, **kwargs)
+
+
 def install(m: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> None:
     """Put ``run``'s term on the given sites of the clone ``m``: (i, key) pairs, where i is the site's position in the
     adapter's site list and key = (Site.block, block index, 0)."""
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    m.remove_wrappers_with_key(kind, IMAGE_TOKENS)  # one per model, however many applies
+    m.add_wrapper_with_key(kind, IMAGE_TOKENS, _record_image_tokens)
     existing = _dit(m)
     for i, key in sites:
         name = (DIT_KEYS[key[0]], key[1])

@@ -140,3 +140,27 @@ def test_adapters_on_the_wrong_model_are_named(flux, xlabs, embeds, sd15, base_a
         apply(run_node, sd15, xlabs, embeds)
     with pytest.raises(Exception, match=r"no UNet cross-attention layers \(is it a DiT such as Flux"):
         apply(run_node, flux.patcher, base_adapter, base_embeds)
+
+
+def test_kontext_reference_tokens_get_no_term(flux, xlabs, embeds, run_node):
+    """With a reference latent (Kontext: its tokens follow the latent's own in the image stream), the term covers the
+    latent's own tokens only: what enters double block 1 is, for the reference tokens, exactly the unpatched model's
+    (a spy dit patch on block 1 records it), and differs for the latent's own tokens."""
+    seen = []
+
+    def spy(args, extra):
+        seen.append(args["img"].clone())
+        return extra["original_block"](args)
+
+    ref = torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(9))
+    m = flux.patcher.clone()
+    m.set_model_patch_replace(spy, "dit", "double_block", 1)
+    patched = apply(run_node, m, xlabs, embeds)
+    inputs = flux_inputs(batch=1)
+    comfy_flux_forward(m, inputs, [0], ref_latents=[ref])
+    comfy_flux_forward(patched, inputs, [0], ref_latents=[ref])
+    plain, ours = seen
+    own = (inputs["x"].shape[-2] // 2) * (inputs["x"].shape[-1] // 2)
+    assert plain.shape[1] == own + (ref.shape[-2] // 2) * (ref.shape[-1] // 2)
+    assert float((ours[:, :own] - plain[:, :own]).abs().max()) > 1e-3
+    assert torch.equal(ours[:, own:], plain[:, own:])
