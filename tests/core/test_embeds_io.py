@@ -96,3 +96,16 @@ def test_next_file_name_counts_up_per_stem():
     assert next_file_name("e", ["e_00001.safetensors", "e_00007.safetensors", "e_x_00009.safetensors",
                                 "e_00008.txt"]) == "e_00008.safetensors"
     assert next_file_name("顔", ["顔_00002.safetensors"]) == "顔_00003.safetensors"
+
+
+def test_an_xlabs_flux_spec_round_trips_through_the_embeds_file():
+    """Flux tokens saved by IPA Save Embeds load back as the same spec (family, kind, widths), so they fit the same
+    XLabs adapter again."""
+    spec = AdapterSpec(kind="xlabs", cross_attention_dim=16, encoder_input="image_embeds", encoder_dim=12, num_tokens=4,
+                       site_dims=(8, 8, 8), adapter_family="xlabs-flux")
+    g = torch.Generator().manual_seed(1)
+    original = ImageTokens(cond=torch.randn(2, 4, 16, generator=g), uncond=torch.randn(1, 4, 16, generator=g),
+                           spec=spec, adapter_id="f1", adapter_name="ip_adapter.safetensors")
+    loaded = from_safetensors_dict(*to_safetensors_dict(original), name="flux.safetensors")
+    assert loaded.spec == spec and loaded.spec.describe().startswith("XLabs Flux v1, Flux")
+    assert torch.equal(loaded.cond, original.cond) and torch.equal(loaded.uncond, original.uncond)

@@ -7,7 +7,8 @@ random XLabs adapter, in-process through the pack's nodes:
   give the unpatched output bit for bit, the caller's model is untouched, a clone of the patched model duplicates
   no adapter tensor;
 - bad input: an attention mask (not supported on Flux yet), a UNet weight type, an SD1.5 adapter on Flux and the
-  XLabs adapter on SD1.5 are refused by name before anything is encoded.
+  XLabs adapter on SD1.5 are refused by name before anything is encoded;
+- Kontext reference tokens get no term; IPA Re-weight scales the Flux term.
 """
 from __future__ import annotations
 
@@ -164,3 +165,11 @@ def test_kontext_reference_tokens_get_no_term(flux, xlabs, embeds, run_node):
     assert plain.shape[1] == own + (ref.shape[-2] // 2) * (ref.shape[-1] // 2)
     assert float((ours[:, :own] - plain[:, :own]).abs().max()) > 1e-3
     assert torch.equal(ours[:, own:], plain[:, own:])
+
+
+def test_reweight_scales_the_flux_term(flux, xlabs, embeds, run_node):
+    """IPA Re-weight goes over the block path too: factor 0.5 on a weight-0.8 apply = an apply at 0.4."""
+    (halved,) = run_node("IPA_Reweight", model=apply(run_node, flux.patcher, xlabs, embeds, weight=0.8), factor=0.5)
+    want, plain = forward(apply(run_node, flux.patcher, xlabs, embeds, weight=0.4)), forward(flux.patcher)
+    effect = float((want - plain).abs().max())
+    assert effect > 1e-2 and float((forward(halved) - want).abs().max()) <= 1e-5 * effect + 1e-6
