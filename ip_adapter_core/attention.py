@@ -52,6 +52,7 @@ def site_kv(
     scaling: str = "V only",
     swap: bool = False,
     frame_weights: Sequence[float] | None = None,
+    uncond_factor: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K' and w * V' for one site, laid out for the batch and split into heads:
     each (len(cond_or_uncond) * per_chunk, heads, T, hidden // heads), contiguous.
@@ -64,21 +65,23 @@ def site_kv(
     swap: the precise weight types' swap: the uncond chunk gets the cond tokens and the cond chunk zero tokens.
     frame_weights: per_chunk factors, latent i of every chunk (cond and uncond) uses weight * frame_weights[i];
     a factor 0 makes that latent's term exactly 0 in every scaling mode.
+    uncond_factor: the uncond chunks' weight is ``weight * uncond_factor``; 0 = no term on the negative pass (exactly
+    0 in every scaling mode), 1 = the uncond tokens' term at the same weight (the reference).
     """
     if swap:
         cond_tokens, uncond_tokens = torch.zeros_like(cond_tokens), cond_tokens
     rows = cond_tokens.shape[0]
     tokens = torch.cat((cond_tokens, uncond_tokens), dim=0).to(device=device, dtype=dtype)
     k, v = to_kv(tokens)
-    parts = [(k[:rows], v[:rows]), (k[rows:], v[rows:])]
+    parts = [(k[:rows], v[:rows], 1.0), (k[rows:], v[rows:], float(uncond_factor))]
     if frame_weights is None:
-        parts = [scale_kv(pk, pv, weight=weight, scaling=scaling, width=k.shape[-1]) for pk, pv in parts]
+        parts = [scale_kv(pk, pv, weight=weight * f, scaling=scaling, width=k.shape[-1]) for pk, pv, f in parts]
     else:
         if len(frame_weights) != per_chunk:
             raise ValueError(f"frame_weights: {len(frame_weights)} factors for {per_chunk} latents per chunk")
         w = torch.tensor([weight * f for f in frame_weights], device=device, dtype=k.dtype).reshape(-1, 1, 1)
-        parts = [scale_kv(pk.expand(per_chunk, -1, -1), pv.expand(per_chunk, -1, -1), weight=w, scaling=scaling,
-                          width=k.shape[-1]) for pk, pv in parts]
+        parts = [scale_kv(pk.expand(per_chunk, -1, -1), pv.expand(per_chunk, -1, -1), weight=w * f, scaling=scaling,
+                          width=k.shape[-1]) for pk, pv, f in parts]
     (kc, vc), (ku, vu) = parts
     return (split_heads(batch_for_chunks(kc, ku, cond_or_uncond, per_chunk), heads),
             split_heads(batch_for_chunks(vc, vu, cond_or_uncond, per_chunk), heads))

@@ -41,6 +41,7 @@ class ApplyPlan:
     frame_weights: tuple[float, ...] | None
     compatibility: str
     lora_strength: float = 1.0
+    uncond_term: bool = True  # False: no term on the negative (uncond) pass
 
     @property
     def full_range(self) -> bool:
@@ -78,14 +79,15 @@ def make_plan(sites: Sequence[Site], *, weight: float, start_at: float, end_at: 
               weight_composition: float = 1.0, attn_mask: torch.Tensor | None = None,
               weight_schedule: str = "constant", schedule_values: str = "", unfold_batch: bool = False,
               frame_weights: str = "", compatibility: str = "this pack", precise_boost: float = 1.0,
-              lora_strength: float = 1.0, boost_weight: float | None = None) -> ApplyPlan:
+              lora_strength: float = 1.0, boost_weight: float | None = None, uncond_term: bool = True) -> ApplyPlan:
     """Validate every control against the model's ``sites`` and fold them into an :class:`ApplyPlan`.
 
     The defaults give ``weight`` on every site with "V only", i.e. IPA Apply. compatibility "ComfyUI_IPAdapter_plus":
     the middle-block sites get no term, as with the old pack on current ComfyUI. ``lora_strength``: the strength of
     the LoRA an adapter file carries (FaceID), 1 = the reference; ignored for adapters without one. ``boost_weight``
     (no node input of this pack; the served old precise nodes): the precise types' boosted weight itself
-    (weighting.site_weights), instead of ``precise_boost * weight``."""
+    (weighting.site_weights), instead of ``precise_boost * weight``. ``uncond_term`` False: the negative (uncond) pass
+    gets no term (with cfg > 1 on Flux, XLabs' choice), True: the uncond tokens' term, as the reference."""
     check_range(start_at, end_at, where=where)
     mask = None if attn_mask is None else prepare_mask(attn_mask, where=where, clamp=compatibility != OLD_PACK)
     schedule = make_schedule(weight_schedule, schedule_values)
@@ -102,4 +104,4 @@ def make_plan(sites: Sequence[Site], *, weight: float, start_at: float, end_at: 
                      swap_sites=frozenset(swapped_sites(weight_type, sites)), scaling=embeds_scaling,
                      start_at=float(start_at), end_at=float(end_at), schedule=schedule, mask=mask,
                      unfold=bool(unfold_batch), frame_weights=factors, compatibility=compatibility,
-                     lora_strength=float(lora_strength))
+                     lora_strength=float(lora_strength), uncond_term=bool(uncond_term))

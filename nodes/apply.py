@@ -10,7 +10,7 @@ from ..ip_adapter_core.embeds import ImageTokens
 from ..ip_adapter_core.errors import InputError
 from .common import (ADAPTER_IN, ATTN_MASK, CATEGORY, CLIP_VISION_IN, COMPATIBILITY, EMBEDS_IN, EMBEDS_SCALING, END_AT,
                      FRAME_WEIGHTS, IMAGE_IN, LAYER_WEIGHTS, MODEL_IN, PRECISE_BOOST, SCHEDULE_VALUES, START_AT,
-                     UNFOLD_BATCH, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_SCHEDULE, WEIGHT_TYPE, reports)
+                     UNCOND_TERM, UNFOLD_BATCH, WEIGHT, WEIGHT_COMPOSITION, WEIGHT_SCHEDULE, WEIGHT_TYPE, reports)
 from .patch import encoder
 from .patch.host import LoadedAdapter
 from .patch.install import install, plan_for
@@ -101,7 +101,7 @@ class IPAApplyAdvanced:
                          "attn_mask": ATTN_MASK, "weight_schedule": WEIGHT_SCHEDULE,
                          "schedule_values": SCHEDULE_VALUES, "unfold_batch": UNFOLD_BATCH,
                          "frame_weights": FRAME_WEIGHTS, "compatibility": COMPATIBILITY,
-                         "precise_boost": PRECISE_BOOST},
+                         "precise_boost": PRECISE_BOOST, "uncond_term": UNCOND_TERM},
         }
 
     @reports(DISPLAY_NAME)
@@ -110,12 +110,12 @@ class IPAApplyAdvanced:
             embeds: ImageTokens | None = None, layer_weights: str = "", weight_composition: float = 1.0,
             attn_mask: torch.Tensor | None = None, weight_schedule: str = "constant", schedule_values: str = "",
             unfold_batch: bool = False, frame_weights: str = "", compatibility: str = "this pack",
-            precise_boost: float = 1.0):
+            precise_boost: float = 1.0, uncond_term: bool = True):
         where = self.DISPLAY_NAME
         plan = plan_for(model, ipadapter, where=where, weight=weight, start_at=start_at, end_at=end_at,
                         weight_type=weight_type, embeds_scaling=embeds_scaling, layer_weights=layer_weights,
                         weight_composition=weight_composition, attn_mask=attn_mask, weight_schedule=weight_schedule,
                         schedule_values=schedule_values, unfold_batch=unfold_batch, frame_weights=frame_weights,
-                        compatibility=compatibility, precise_boost=precise_boost)
+                        compatibility=compatibility, precise_boost=precise_boost, uncond_term=uncond_term)
         tokens = image_tokens(ipadapter, image, clip_vision, embeds, where=where, uncond=plan.encode_uncond)
         return (install(model, ipadapter, tokens, plan, where=where),)

@@ -95,6 +95,11 @@ SHARPENING = ("FLOAT", {
     "tooltip": "Unsharp mask after resizing: 0 = off, 1 = strongest. Helps details that downscaling blurs away."})
 
 
+UNCOND_TERM = ("BOOLEAN", {
+    "default": True,
+    "tooltip": "Add the image prompt to the negative (uncond) pass too, with the adapter's negative image prompt "
+               "(the reference behaviour). Off: the negative pass runs without the adapter, which strengthens the "
+               "image prompt when cfg > 1 (XLabs' choice for Flux). No effect at cfg 1 (no negative pass)."})
 PRECISE_BOOST = ("FLOAT", {
     "default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
     "tooltip": "For the 'precise' weight types only, a factor on weight for the layers they work against: the "

@@ -11,7 +11,7 @@ ALL = {"IPA_UnifiedLoader", "IPA_ModelLoader", "IPA_Encode", "IPA_ApplyAdvanced"
        "IPA_ApplyFaceID", "IPA_FaceModelLoader"}
 COMPAT = "ComfyUI_IPAdapter_plus"
 # IPA_ApplyAdvanced's widgets, in order, at their defaults (the brief's interface of the node).
-ADV_DEFAULTS = [1.0, "linear", 0.0, 1.0, "V only", "", 1.0, "constant", "", False, "", "this pack", 1.0]
+ADV_DEFAULTS = [1.0, "linear", 0.0, 1.0, "V only", "", 1.0, "constant", "", False, "", "this pack", 1.0, True]
 
 
 # ---------------------------------------------------------------------------------------------- a tiny UI builder

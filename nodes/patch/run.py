@@ -97,7 +97,8 @@ class AdapterRun:
             factors = None if plan.frame_weights is None else frame_factors(plan.frame_weights, index)
             hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=plan.site_weights[site],
                           cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
-                          scaling=plan.scaling, swap=site in plan.swap_sites, frame_weights=factors)
+                          scaling=plan.scaling, swap=site in plan.swap_sites, frame_weights=factors,
+                          uncond_factor=1.0 if plan.uncond_term else 0.0)
             self._kv[key] = hit
         return hit
 

@@ -295,3 +295,22 @@ def test_per_layer_path_never_syncs_with_host():
         add_image_term(out, q, k, v)
     assert log.ops, "the dispatch mode saw no ops at all"
     assert log.syncs() == []
+
+
+@pytest.mark.parametrize("scaling", ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"])
+def test_uncond_factor_zero_gives_the_uncond_chunks_no_term(scaling):
+    """uncond_factor 0 (IPA Apply (advanced)'s uncond_term off): the uncond chunk's V' is exactly 0, so its term is 0
+    in every scaling mode; the cond chunk is as without it."""
+    g = torch.Generator().manual_seed(3)
+    w_k, w_v = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    to_kv = lambda t: (t @ w_k.T, t @ w_v.T)  # noqa: E731
+    cond, uncond = torch.randn(1, 4, 6, generator=g), torch.randn(1, 4, 6, generator=g)
+    args = dict(weight=0.7, cond_or_uncond=[1, 0], per_chunk=2, heads=2, device=torch.device("cpu"),
+                dtype=torch.float32, scaling=scaling)
+    k0, v0 = site_kv(to_kv, cond, uncond, uncond_factor=0.0, **args)
+    k1, v1 = site_kv(to_kv, cond, uncond, **args)
+    assert torch.count_nonzero(v0[:2]) == 0  # chunk 0 is the uncond one here
+    assert torch.equal(v0[2:], v1[2:]) and torch.equal(k0[2:], k1[2:])
+    q = torch.randn(4, 5, 8, generator=g)
+    out = add_image_term(torch.zeros(4, 5, 8), q, k0, v0)
+    assert torch.count_nonzero(out[:2]) == 0 and torch.count_nonzero(out[2:]) > 0

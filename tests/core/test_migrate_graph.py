@@ -29,7 +29,7 @@ def test_simple_ui_workflow_is_rewired_and_widgets_mapped():
     assert apply["type"] == "IPA_ApplyAdvanced"
     # old widget order: weight, start_at, end_at, weight_type ("prompt is more important" = the old "ease out")
     assert apply["widgets_values"] == [0.8, "ease out", 0.1, 0.9, "V only", "", 1.0, "constant", "", False, "",
-                                       COMPAT, 1.0]
+                                       COMPAT, 1.0, True]
     assert (apply["pos"], apply["size"], apply["title"]) == ([300, 30], [315, 120], "my adapter")
     assert input_source(new, 3, "model") == (2, 0, "MODEL")
     assert input_source(new, 3, "ipadapter") == (2, 1, "IPA_ADAPTER")
@@ -92,7 +92,7 @@ def test_reroute_between_loader_and_apply():
     new, entries = mw.migrate(ui.workflow(), available=ALL)
     nodes = by_id(new)
     assert nodes[3]["widgets_values"][:5] == [1.2, "style transfer", 0.0, 0.5, "K+V w/ C penalty"]
-    assert nodes[3]["widgets_values"][-2:] == [COMPAT, 1.0]
+    assert nodes[3]["widgets_values"][-3:] == [COMPAT, 1.0, True]
     assert input_source(new, 3, "ipadapter") == (6, 0, "IPA_ADAPTER")
     assert input_source(new, 6, "") == (2, 1, "IPA_ADAPTER")
     assert nodes[6]["outputs"][0]["type"] == "IPA_ADAPTER"
@@ -297,7 +297,7 @@ def test_api_workflow():
     assert new["2"]["class_type"] == "IPA_UnifiedLoader" and new["2"]["inputs"]["preset"] == "vit-G"
     expected = dict(zip(["weight", "weight_type", "start_at", "end_at", "embeds_scaling", "layer_weights",
                          "weight_composition", "weight_schedule", "schedule_values", "unfold_batch", "frame_weights",
-                         "compatibility", "precise_boost"], ADV_DEFAULTS))
+                         "compatibility", "precise_boost", "uncond_term"], ADV_DEFAULTS))
     # composition_boost 0: the old 'composition precise' map is exactly the composition layers
     expected.update(weight_type="composition", compatibility=COMPAT, model=["2", 0], ipadapter=["2", 1],
                     image=["4", 0], clip_vision=["2", 2])

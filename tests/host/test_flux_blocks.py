@@ -173,3 +173,15 @@ def test_reweight_scales_the_flux_term(flux, xlabs, embeds, run_node):
     want, plain = forward(apply(run_node, flux.patcher, xlabs, embeds, weight=0.4)), forward(flux.patcher)
     effect = float((want - plain).abs().max())
     assert effect > 1e-2 and float((forward(halved) - want).abs().max()) <= 1e-5 * effect + 1e-6
+
+
+def test_uncond_term_off_leaves_the_negative_pass_unpatched(flux, xlabs, embeds, run_node):
+    """IPA Apply (advanced)'s uncond_term off (cfg > 1 on Flux, XLabs' way): the uncond row of a [1, 0] batch is the
+    unpatched model's bit for bit, the cond row is the default apply's."""
+    args = dict(model=flux.patcher, ipadapter=xlabs, embeds=embeds, weight=1.0, weight_type="linear", start_at=0.0,
+                end_at=1.0, embeds_scaling="V only")
+    off = forward(run_node("IPA_ApplyAdvanced", uncond_term=False, **args)[0])
+    on = forward(run_node("IPA_ApplyAdvanced", **args)[0])
+    plain = forward(flux.patcher)
+    assert torch.equal(off[0], plain[0]) and not torch.equal(on[0], plain[0])
+    assert torch.equal(off[1], on[1])
