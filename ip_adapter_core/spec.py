@@ -9,11 +9,11 @@ import torch
 
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 2048: "sdxl"}
 # Adapter families made for one base model whatever their width (4096 is T5's, Kolors' and SD3's context alike).
-FAMILY_BY_ADAPTER = {"xlabs-flux": "flux"}
-FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux"}
+FAMILY_BY_ADAPTER = {"xlabs-flux": "flux", "instantx-flux": "flux", "instantx-sd3": "sd3"}
+FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD3.5-Large"}
 KIND_LABEL = {"base": "Base", "plus": "Plus", "full_face": "Full face", "faceid": "FaceID", "faceid_plus": "FaceID Plus",
               "portrait": "FaceID Portrait", "portrait_unnorm": "FaceID Portrait (unnormalised face embedding)",
-              "xlabs": "XLabs Flux"}
+              "xlabs": "XLabs Flux", "instantx_flux": "InstantX Flux", "instantx_sd3": "InstantX SD3.5"}
 # Kinds whose published versions differ by token count only: kind -> {num_tokens: version}.
 KIND_VERSION_BY_TOKENS = {"xlabs": {4: "v1", 16: "v2"}}
 # Kinds whose tokens are per face: n faces give n * num_tokens tokens, concatenated (families/faceid.concat_faces).
@@ -28,9 +28,12 @@ class AdapterSpec:
     FaceID (adapter_family "faceid"): "faceid" (MLP over the face embedding), "faceid_plus" (MLP + face Perceiver
     over CLIP states), "portrait" (MLP, tokens per face), "portrait_unnorm" (Resampler over the raw face embedding);
     XLabs Flux (adapter_family "xlabs-flux"): "xlabs" (Linear + LayerNorm, 4 tokens in v1, 16 in v2; one site per
-    double block, cross_attention_dim = the T5 context width the tokens live in).
+    double block, cross_attention_dim = the T5 context width the tokens live in); InstantX Flux (adapter_family
+    "instantx-flux"): "instantx_flux" (MLP over SigLIP's pooled output, 128 tokens; one site per double block, then
+    one per single block: families/flux_instantx.site_kinds).
     encoder_input: which encoder output the projection reads: CLIP vision "image_embeds" [B, E] or "penultimate"
-    [B, N, E]; a face model's "face_normed" (L2-normalised) or "face_raw" embedding [B, E].
+    [B, N, E] or SigLIP's attention-pooled "pooled" [B, E] (siglip.py); a face model's "face_normed"
+    (L2-normalised) or "face_raw" embedding [B, E].
     site_dims: output width of to_k_ip/to_v_ip per cross-attention site, in checkpoint order N = 1, 3, 5, ...
     num_tokens: image tokens per image (per face for PER_FACE_KINDS); None for full face, whose count equals the
     encoder's token count.
@@ -95,7 +98,7 @@ def detect_spec(image_proj: Mapping[str, torch.Tensor], ip_adapter: Mapping[str,
     ``name`` appears in messages; one family reads one fact from it: FaceID Plus v1 / v2, whose tensors are identical.
     XLabs Flux files (flat ``ip_adapter_proj_model.*`` + ``double_blocks.*`` keys) come here split by
     checkpoint.split_parts and are detected by their family (families/flux.py).
-    Raises UnsupportedAdapterError for known families this package does not implement (Kolors FaceID, SD3.5) and
+    Raises UnsupportedAdapterError for known families this package does not implement (Kolors FaceID) and
     NotAnIPAdapterError for anything else that does not fit, naming the families tried.
     """
     from .families.registry import detect

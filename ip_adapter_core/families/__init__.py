@@ -11,7 +11,7 @@ A family is data plus functions, all of them pure torch:
   (XLabs Flux); without it, projection.IPAdapterModel.from_parts;
 - ``site_blocks`` (DiT families): which blocks are its sites ("double" for XLabs Flux); () = the UNet's attn2 sites;
 - ``presets``: its unified-loader presets.
-Families that are recognised but not implemented yet (SD3.5, Kolors FaceID) register with ``implemented=False``:
+Families that are recognised but not implemented yet (Kolors FaceID) register with ``implemented=False``:
 their ``detect`` raises UnsupportedAdapterError with what to use instead, so a user is told what the file is.
 
 :func:`detect` asks the families in registration order (the unimplemented ones' signatures first, then FaceID, each
@@ -24,11 +24,15 @@ from .registry import (EncoderNeed, Family, Preset, Tensors, build_projection, d
                        get, presets, register, registered, unregister)
 
 # The built-in families, in the order they are asked.
-from . import pending as _pending  # noqa: E402  (SD3.5, Kolors FaceID: recognised, not implemented yet)
+from . import flux_instantx as _flux_instantx  # noqa: E402  (InstantX Flux: sites 0..56, asked first, before the
+#   SD / FaceID families whose to_k_ip sites are numbered 1, 3, 5, ... and whose MLP keys it shares)
+from . import pending as _pending  # noqa: E402  (Kolors FaceID: recognised, not implemented yet)
+from . import sd3 as _sd3  # noqa: E402  (InstantX SD3.5: asked before sd-unet, which its {i}.to_k_ip keys fit)
 from . import faceid as _faceid  # noqa: E402  (FaceID, FaceID Plus, portrait: their files have to_k_ip keys too)
 from . import sd_unet as _sd_unet  # noqa: E402  (SD1.5 / SDXL base, plus, full face)
 from . import flux as _flux  # noqa: E402  (XLabs Flux v1 / v2: double_blocks.* keys, no to_k_ip)
-BUILT_IN = (_pending, _faceid, _sd_unet, _flux)  # the modules that registered the built-in families, in the order asked
+# the modules that registered the built-in families, in the order asked
+BUILT_IN = (_flux_instantx, _pending, _sd3, _faceid, _sd_unet, _flux)
 
 from .faceid import FaceFeatures, concat_faces, face_features, zero_features  # noqa: E402
 

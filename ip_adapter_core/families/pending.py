@@ -8,10 +8,6 @@ from .registry import Family, Tensors, register
 KOLORS_WIDTH = 4096  # Kolors FaceID's id tokens live in the ChatGLM text space, before the UNet's 4096 -> 2048 projection
 
 
-def _sd35(image_proj: Tensors, ip_adapter: Tensors) -> bool:
-    return "time_embedding.linear_1.weight" in image_proj or any(".norm_ip." in k for k in ip_adapter)
-
-
 def _kolors_faceid(image_proj: Tensors, ip_adapter: Tensors) -> bool:
     """A FaceID Plus layout (perceiver_resampler) whose perceiver or id tokens are 4096 wide."""
     proj_in, norm = image_proj.get("perceiver_resampler.proj_in.weight"), image_proj.get("norm.weight")
@@ -26,9 +22,6 @@ def _refuse(message: str):
     return detect
 
 
-register(Family(name="sd35", label="InstantX SD3.5 adapters (not supported yet)", claims=_sd35,
-                detect=_refuse("{name} is the InstantX SD3.5 IP-Adapter; SD3.5 is not supported yet."),
-                patch_path="blocks", implemented=False))
 register(Family(name="kolors-faceid", label="Kolors FaceID adapters (not supported yet)", claims=_kolors_faceid,
                 detect=_refuse("{name} is the Kwai-Kolors FaceID Plus IP-Adapter (its face tokens are 4096 wide, in "
                                "Kolors' ChatGLM text space, and need the Kolors UNet's text projection); Kolors "

@@ -22,12 +22,15 @@ Tensors = Mapping[str, torch.Tensor]
 @dataclass(frozen=True)
 class EncoderNeed:
     """What the encoder stage must give a family's projection: the encoder ``kind`` ("clip_vision" or "face"), which
-    ``output`` of it (CLIP vision: "image_embeds" (B, E) or "penultimate" (B, N, E); face: "normed" or "raw" (B, E)),
+    ``output`` of it (CLIP vision: "image_embeds" (B, E) or "penultimate" (B, N, E), or for SigLIP "pooled" (B, E):
+    its attention-pooling head, ip_adapter_core.siglip, over the last hidden state; face: "normed" or "raw" (B, E)),
     its ``width`` E, and ``label``, the encoder to name in messages ("CLIP ViT-H"). ``clip``: a second encoder the
     projection also reads (FaceID Plus: the CLIP vision penultimate states of the aligned face), None for most.
     ``uncond``: what the reference implementation encodes for the negative side: "zero" (the zero embedding, or an
     all-zero normalised image for token features: h94's training) or "black image" (the encoder run on a black
-    image: XLabs Flux, as diffusers and XLabs build their negative image prompt)."""
+    image: XLabs Flux, as diffusers and XLabs build their negative image prompt) or "zero features" (all-zero
+    encoder features, no encoder run, through the projection like any features: InstantX SD3.5, whose diffusers
+    uncond is zeros_like(the penultimate states), (1, N, E) with N the encoder's token count, 729 for SigLIP 384)."""
 
     kind: str
     output: str

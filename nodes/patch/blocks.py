@@ -27,7 +27,7 @@ import torch
 
 from ...ip_adapter_core import families
 from ...ip_adapter_core.attention import add_image_term
-from ...ip_adapter_core.errors import InputError
+from ...ip_adapter_core.errors import IncompatibleError, InputError
 from ...ip_adapter_core.rope import unrope
 from .run import AdapterRun
 
@@ -143,6 +143,16 @@ class IPBlockPatch:
         if self.inner is not None and hasattr(self.inner, "models"):
             found += [m for m in self.inner.models() if m not in found]
         return found
+
+
+def check_family(adapter: Any, *, where: str) -> None:
+    """Families whose blocks this path does not patch yet (SD3.5's joint blocks) are named, before anything runs."""
+    family = families.family_of(adapter.spec)
+    missing = [k for k in family.site_blocks if k not in DIT_KEYS]
+    if missing:
+        raise IncompatibleError(f"{where}: '{adapter.name}' is one of the {family.label} ({adapter.spec.describe()}); "
+                                f"this version recognises it but cannot apply it yet (its {', '.join(missing)} "
+                                f"blocks are not patched). Use an SD1.5 / SDXL or Flux adapter.")
 
 
 def check_plan(plan: Any, *, where: str) -> None:

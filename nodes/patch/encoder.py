@@ -19,6 +19,7 @@ from ...ip_adapter_core.compat import check_encoder, prepare_images
 from ...ip_adapter_core.embeds import UNCOND_MODES, ImageTokens
 from ...ip_adapter_core.enhance import enhanced, merge_tiles, split_grid
 from ...ip_adapter_core.errors import InputError, check_choice
+from . import blocks
 from .host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
 
 
@@ -29,6 +30,10 @@ class ClipVisionStage:
     socket = "clip_vision"
 
     def check(self, adapter: LoadedAdapter, encoder: Any, *, where: str) -> None:
+        need = families.encoder_need(adapter.spec)
+        if need.output not in ("image_embeds", "penultimate"):
+            raise InputError(f"{where}: '{adapter.name}' ({adapter.spec.describe()}) reads the encoder's "
+                             f"'{need.output}' output, which this version does not compute yet.")
         dims = clip_vision_dims(encoder)
         check_encoder(adapter.spec, hidden=dims.hidden, projection=dims.projection, adapter_name=adapter.name,
                       where=f"{where}, input '{self.socket}'")
@@ -79,6 +84,8 @@ def stage_for(adapter: LoadedAdapter, *, where: str):
 
 def check(adapter: LoadedAdapter, encoder: Any, *, where: str):
     """The stage of ``adapter``'s family, with ``encoder`` checked against it (present, the right widths)."""
+    if families.family_of(adapter.spec).patch_path == "blocks":
+        blocks.check_family(adapter, where=where)  # e.g. SD3.5: recognised, not applicable yet
     stage = stage_for(adapter, where=where)
     if encoder is None and stage.kind == "clip_vision":
         raise InputError(f"{where}: input '{stage.socket}' is missing; an image needs a CLIP vision encoder "

@@ -32,6 +32,9 @@ def _path(adapter: LoadedAdapter, where: str):
     if path is None:
         raise IncompatibleError(f"{where}: '{adapter.name}' is one of the {family.label}, which patch the model's "
                                 f"'{family.patch_path}', which this version does not patch.")
+    check_family = getattr(path, "check_family", None)  # a path that patches only some of its families' blocks
+    if check_family is not None:
+        check_family(adapter, where=where)
     return path
 
 

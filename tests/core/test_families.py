@@ -58,9 +58,9 @@ def toy_parts(seed=0):
 def test_built_in_families_and_their_order():
     names = [f.name for f in families.registered()]
     # narrower signatures first; XLabs Flux's (double_blocks.* keys) overlaps none of the others
-    assert names == ["sd35", "kolors-faceid", "faceid", "sd-unet", "xlabs-flux"], names
-    assert [f.implemented for f in families.registered()] == [False, False, True, True, True]
-    assert families.get("sd-unet").patch_path == "attn2" and families.get("sd35").patch_path == "blocks"
+    assert names == ["instantx-flux", "kolors-faceid", "instantx-sd3", "faceid", "sd-unet", "xlabs-flux"], names
+    assert [f.implemented for f in families.registered()] == [True, False, True, True, True, True]
+    assert families.get("sd-unet").patch_path == "attn2" and families.get("instantx-sd3").patch_path == "blocks"
     assert families.get("faceid").patch_path == "attn2" and families.get("xlabs-flux").patch_path == "blocks"
 
 
@@ -93,8 +93,8 @@ def test_an_unknown_layout_names_the_families_tried():
 
 def test_a_recognised_family_that_is_not_built_says_what_the_file_is():
     _, ip_adapter = adapter_parts("base", ctx=CTX, encoder_dim=ENC, site_dims=SITES)
-    with pytest.raises(UnsupportedAdapterError, match="SD3.5 is not supported yet"):
-        detect_spec({"time_embedding.linear_1.weight": torch.zeros(4, 4)}, ip_adapter)
+    with pytest.raises(UnsupportedAdapterError, match="Kolors FaceID is not supported yet"):
+        detect_spec({"perceiver_resampler.proj_in.weight": torch.zeros(4096, 4)}, ip_adapter)
 
 
 def test_two_families_cannot_define_one_preset(toy):

@@ -290,12 +290,13 @@ def _sd35_instantx():
     return p, ip
 
 
-def test_sd35_instantx_is_reported_as_unsupported():
-    # detect_spec's docstring: "Raises UnsupportedAdapterError for known families this package does not implement
-    # (Kolors FaceID, XLabs Flux, SD3.5)". The user should learn it is an SD3.5 adapter, not that the file is broken.
-    with pytest.raises(UnsupportedAdapterError) as e:
-        detect_spec(*_sd35_instantx(), name="'ip-adapter.bin'")
-    assert "sd3" in str(e.value).lower()
+def test_sd35_instantx_is_detected():
+    # SD3.5 is implemented now (families/sd3.py): the published layout is its family's, widths from the tensors
+    spec = detect_spec(*_sd35_instantx(), name="'ip-adapter.bin'")
+    assert (spec.adapter_family, spec.kind, spec.family, spec.encoder_input, spec.encoder_dim, spec.num_tokens,
+            spec.cross_attention_dim, spec.site_dims, spec.resampler_dim, spec.resampler_heads,
+            spec.resampler_depth) == ("instantx-sd3", "instantx_sd3", "sd3", "penultimate", 1152, 64, 2432,
+                                      (2432,) * 38, 1280, 20, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""The InstantX FLUX.1-dev IP-Adapter (128 tokens from SigLIP so400m's pooled output), patched into every Flux block.
+
+SigLIP pooler output e (B, 1152) -> tokens = LayerNorm_ctx(reshape(W2 GELU_exact(W1 e + b1) + b2, [128, ctx])) in the
+T5 context width ctx = 4096 (:class:`InstantXProj`, keys ``proj.0.*``, ``proj.2.*``, ``norm.*``). Per site i,
+K = RMSNorm(heads(W_k tokens)) and V = RMSNorm(heads(W_v tokens)): no biases, and the RMSNorm (no weight, eps 1e-5,
+statistics in float32) runs over each head's 128 values, V included, as in the reference processor
+(Shakker-Labs' ``IPAFluxAttnProcessor2_0``, a copy of InstantX's: ``RMSNorm(128)`` on ``B H L D`` tensors). The
+block's term is SDPA(q, K, V) over its query after the QK RMS-norm and BEFORE RoPE: the image tokens of a double block,
+every token (text + image) of a single block; the host adds s * term to the attention output at those positions, i.e.
+before ``img_attn.proj`` (double) or before ``linear2`` (single), so the block's projection, gate and MLP see it.
+K and V do not depend on the timestep: the host computes them once per image and site (:meth:`InstantXModel.site_kv`).
+
+Sites: the file's ``ip_adapter.{i}`` for i = 0 .. 56 are the 19 double blocks, then the 38 single blocks
+(:func:`site_kinds`). The file is a nested torch pickle ``{"image_proj": {...}, "ip_adapter": {...}}``
+(checkpoint.split_parts splits it like any h94 file); the SD files also have ``{N}.to_k_ip.weight`` keys, but
+numbered 1, 3, 5, ... (attn2 processors), never 0, which is how this family tells its files apart from full-face,
+FaceID and portrait files that share the MLP's key names. shared/reference/dit-adapters.md §1.2.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import IncompatibleError, NotAnIPAdapterError
+from ..projection import CastLayerNorm, CastLinear
+from ..spec import AdapterSpec
+from .registry import EncoderNeed, Family, Tensors, register
+
+NAME = "instantx-flux"
+KIND = "instantx_flux"
+HEAD_DIM = 128  # the reference's RMSNorm(128): Flux.1's head width, the group the K/V norm runs over
+RMS_EPS = 1e-5
+FLUX_DOUBLE_BLOCKS = 19  # Flux.1-dev; the model at hand decides (site_kinds)
+ENCODERS = {1152: "SigLIP so400m (pooled)"}  # pooled width -> the encoder InstantX trained with
+_SITE = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
+_PROJ_KEYS = ("proj.0.", "proj.2.", "norm.")
+
+
+def claims(image_proj: Tensors, ip_adapter: Tensors) -> bool:
+    """The MLP projection's keys only (proj.0 / proj.2 / norm, no full-face proj.3, no perceiver), and site layers
+    numbered from 0 (``0.to_k_ip.weight``) without biases, LoRA or SD3.5's norm_ip."""
+    return (all(k in image_proj for k in ("proj.0.weight", "proj.2.weight", "norm.weight"))
+            and all(k.startswith(_PROJ_KEYS) for k in image_proj)
+            and "0.to_k_ip.weight" in ip_adapter
+            and not any(".norm_ip." in k or k.endswith("_ip.bias") or "_lora." in k for k in ip_adapter))
+
+
+def detect(image_proj: Tensors, ip_adapter: Tensors, name: str) -> AdapterSpec:
+    """The spec of an InstantX Flux file: E = proj.0 in-width, ctx = norm width, tokens = proj.2 rows // ctx, one site
+    per ``{i}.to_k_ip`` (i = 0 .. n-1, all of one width). NotAnIPAdapterError naming the file and the key otherwise."""
+    (ctx,) = _shape(image_proj, "norm.weight", (None,), name, prefix="image_proj.")
+    _shape(image_proj, "norm.bias", (ctx,), name, prefix="image_proj.")
+    mid, enc = _shape(image_proj, "proj.0.weight", (None, None), name, prefix="image_proj.")
+    if mid != 2 * enc:
+        raise NotAnIPAdapterError(f"{name}: 'image_proj.proj.0.weight' is shaped {(mid, enc)}; the InstantX Flux "
+                                  f"projection's first layer is (2 * {enc}, {enc}). The file is damaged.")
+    _shape(image_proj, "proj.0.bias", (mid,), name, prefix="image_proj.")
+    rows, _ = _shape(image_proj, "proj.2.weight", (None, mid), name, prefix="image_proj.")
+    if rows % ctx or rows < ctx:
+        raise NotAnIPAdapterError(f"{name}: 'image_proj.proj.2.weight' has {rows} rows, not a multiple of the norm "
+                                  f"width {ctx}; the file is damaged or not an InstantX Flux IP-Adapter.")
+    _shape(image_proj, "proj.2.bias", (rows,), name, prefix="image_proj.")
+    sites = 1 + max(int(m.group(1)) for k in ip_adapter if (m := _SITE.match(k)))
+    hidden = _shape(ip_adapter, "0.to_k_ip.weight", (None, ctx), name, prefix="ip_adapter.")[0]
+    for i in range(sites):
+        for kv in ("k", "v"):
+            _shape(ip_adapter, f"{i}.to_{kv}_ip.weight", (hidden, ctx), name, prefix="ip_adapter.")
+    return AdapterSpec(kind=KIND, cross_attention_dim=ctx, encoder_input="pooled", encoder_dim=enc,
+                       num_tokens=rows // ctx, site_dims=(hidden,) * sites, adapter_family=NAME)
+
+
+def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, *, prefix: str) -> tuple[int, ...]:
+    """The shape of ``part[key]``, which must match ``expected`` (None: any size on that axis)."""
+    t = part.get(key)
+    shape = None if t is None else tuple(int(d) for d in t.shape)
+    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        want = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
+        found = "missing" if shape is None else f"shaped {shape}"
+        raise NotAnIPAdapterError(f"{name} has the InstantX Flux IP-Adapter layout but '{prefix}{key}' is {found} "
+                                  f"(expected {want}); the file is incomplete or damaged.")
+    return shape
+
+
+def site_kinds(spec: AdapterSpec, double_blocks: int, single_blocks: int | None = None) -> tuple[tuple[str, int], ...]:
+    """(block kind, block index) of each site in file order: site i < double_blocks is ("double", i), site
+    double_blocks + j is ("single", j). IncompatibleError when the model's blocks do not add up to the file's sites
+    (single_blocks None: only the double count is checked against the site count)."""
+    n = spec.num_sites
+    singles = n - double_blocks if single_blocks is None else single_blocks
+    if double_blocks < 0 or singles < 0 or double_blocks + singles != n:
+        raise IncompatibleError(f"the adapter ({spec.describe()}) has {n} sites, one per Flux block, but the model has "
+                                f"{double_blocks} double and {single_blocks if single_blocks is not None else '?'} "
+                                f"single blocks; it was made for a model with {n} blocks in all (the published "
+                                f"file: Flux.1-dev's {FLUX_DOUBLE_BLOCKS} double + 38 single).")
+    return tuple(("double", i) for i in range(double_blocks)) + tuple(("single", j) for j in range(singles))
+
+
+# ---------------------------------------------------------------------------------------------- the projection
+
+class InstantXProj(nn.Module):
+    """InstantX's MLPProjModel: LN_ctx(reshape(proj.2(GELU(proj.0(e))), [B, T, ctx])), exact (erf) GELU, LayerNorm
+    eps 1e-5. e: (B, E) -> (B, T, ctx); weights cast to e's dtype and device at call time."""
+
+    def __init__(self, *, encoder_dim: int, context_dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Sequential(CastLinear(encoder_dim, 2 * encoder_dim), nn.GELU(),
+                                  CastLinear(2 * encoder_dim, num_tokens * context_dim))
+        self.norm = CastLayerNorm(context_dim)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(e).reshape(e.shape[0], self.num_tokens, -1))
+
+
+def build_projection(spec: AdapterSpec) -> nn.Module:
+    return InstantXProj(encoder_dim=spec.encoder_dim, context_dim=spec.cross_attention_dim,
+                        num_tokens=spec.num_tokens or 0)
+
+
+def encoder_need(spec: AdapterSpec) -> EncoderNeed:
+    label = ENCODERS.get(spec.encoder_dim, f"a SigLIP vision model with a {spec.encoder_dim}-wide pooled output")
+    # the reference has no negative image prompt; a black image's embedding, as diffusers' Flux pipelines build it
+    return EncoderNeed(kind="clip_vision", output="pooled", width=spec.encoder_dim, label=label, uncond="black image")
+
+
+# ---------------------------------------------------------------------------------------------- the block term
+
+def rms_heads(x: torch.Tensor, head_dim: int = HEAD_DIM, eps: float = RMS_EPS) -> torch.Tensor:
+    """x (..., heads * head_dim) -> x / sqrt(mean over each head's head_dim values of x^2 + eps), no weight;
+    statistics in float32 (diffusers' RMSNorm), result in x's dtype and shape."""
+    if x.shape[-1] % head_dim:
+        raise ValueError(f"a width of {x.shape[-1]} does not split into heads of {head_dim}")
+    g = x.float().unflatten(-1, (-1, head_dim))
+    return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2).to(x.dtype)
+
+
+def instantx_kv(tokens: torch.Tensor, k_w: torch.Tensor, v_w: torch.Tensor,
+                heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One site's K and V: tokens (B, T, ctx), k_w / v_w (hidden, ctx) -> K = RMSNorm(heads(tokens W_k^T)), V likewise,
+    each (B, heads, T, hidden // heads) in the tokens' dtype. Constant over steps: computed once per image and site.
+    A strength s may be folded into V afterwards (SDPA is linear in V), never before the norm."""
+    k = rms_heads(F.linear(tokens, k_w.to(tokens)), k_w.shape[0] // heads)
+    v = rms_heads(F.linear(tokens, v_w.to(tokens)), v_w.shape[0] // heads)
+    b, t, _ = tokens.shape
+    return (k.reshape(b, t, heads, -1).transpose(1, 2).contiguous(),
+            v.reshape(b, t, heads, -1).transpose(1, 2).contiguous())
+
+
+def instantx_term(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor) -> torch.Tensor:
+    """One block's IP term: SDPA(q, K, V), default 1 / sqrt(d) scale, no mask, heads merged.
+
+    q: (B, heads, L, d), the block's query after its QK RMS-norm and BEFORE RoPE (from the override's post-RoPE joint
+    q: ``rope.unrope(q, pe)``), sliced to the image tokens ``[:, :, txt:]`` in a double block, whole (text + image)
+    in a single block. k_ip, v_ip: (B, heads, T, d) from :func:`instantx_kv` or the host's cache over
+    :meth:`InstantXModel.site_kv` (s folded into V). Returns (B, L, heads * d) in q's dtype, to be added at the same
+    positions of the attention output (before img_attn.proj / linear2).
+    """
+    if k_ip.shape[1] != q.shape[1] or k_ip.shape[-1] != q.shape[-1] or v_ip.shape != k_ip.shape:
+        raise ValueError(f"image term: q {tuple(q.shape)}, K {tuple(k_ip.shape)}, V {tuple(v_ip.shape)} do not "
+                         "share heads and head width (B, heads, L, d)")
+    out = F.scaled_dot_product_attention(q, k_ip.to(q), v_ip.to(q))
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+class InstantXModel(nn.Module):
+    """One InstantX file: ``image_proj`` (:class:`InstantXProj`) plus ``layers.{i}.to_{k,v}_ip`` (bias-free). The calls
+    of projection.IPAdapterModel (project, site_kv), so the host's K/V cache (attention.site_kv: batch layout, weight
+    folded into V, head split) serves it unchanged; site_kv returns K and V already normalised per head.
+    ``head_dim``: the width the K/V norm groups (128, the reference's; a test model with other heads sets its own)."""
+
+    def __init__(self, spec: AdapterSpec, *, head_dim: int = HEAD_DIM) -> None:
+        super().__init__()
+        self.spec = spec
+        self.head_dim = head_dim
+        self.image_proj = build_projection(spec)
+        ctx = spec.cross_attention_dim
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({"to_k_ip": CastLinear(ctx, hidden, bias=False),
+                           "to_v_ip": CastLinear(ctx, hidden, bias=False)})
+            for hidden in spec.site_dims
+        )
+
+    @classmethod
+    def from_parts(cls, spec: AdapterSpec, image_proj: Mapping[str, torch.Tensor],
+                   ip_adapter: Mapping[str, torch.Tensor], *, name: str = "the file",
+                   head_dim: int = HEAD_DIM) -> "InstantXModel":
+        """Built on the meta device and assigned the given tensors (no copy); every key must fit, none may be left."""
+        with torch.device("meta"):
+            model = cls(spec, head_dim=head_dim)
+        state = {**{f"image_proj.{k}": v for k, v in image_proj.items()},
+                 **{f"layers.{k}": v for k, v in ip_adapter.items()}}
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as e:
+            detail = str(e).split("\n\t", 1)[-1].strip()
+            raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
+        return model.eval()
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """SigLIP pooled output (B, E) -> tokens (B, T, ctx), in its dtype."""
+        with torch.no_grad():
+            return self.image_proj(pooled)
+
+    def site_kv(self, index: int, tokens: torch.Tensor, *,
+                head_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T, ctx) -> K, V (B, T, hidden) of site ``index``, each RMS-normalised per head of ``head_dim``
+        (default: the model's) and merged back; the host splits them into heads of the same width."""
+        layer = self.layers[index]
+        d = head_dim or self.head_dim
+        with torch.no_grad():
+            return rms_heads(layer["to_k_ip"](tokens), d), rms_heads(layer["to_v_ip"](tokens), d)
+
+
+FAMILY = register(Family(name=NAME, label="InstantX Flux adapters", claims=claims, detect=detect,
+                         build_projection=build_projection, encoder_need=encoder_need, patch_path="blocks",
+                         load_model=InstantXModel.from_parts, site_blocks=("double", "single")), first=True)
