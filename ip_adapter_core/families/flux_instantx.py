@@ -170,7 +170,10 @@ class InstantXModel(nn.Module):
     """One InstantX file: ``image_proj`` (:class:`InstantXProj`) plus ``layers.{i}.to_{k,v}_ip`` (bias-free). The calls
     of projection.IPAdapterModel (project, site_kv), so the host's K/V cache (attention.site_kv: batch layout, weight
     folded into V, head split) serves it unchanged; site_kv returns K and V already normalised per head.
-    ``head_dim``: the width the K/V norm groups (128, the reference's; a test model with other heads sets its own)."""
+    ``head_dim``: the width the K/V norm groups (128, the reference's; a test model with other heads sets its own).
+    NORMS_PER_HEAD: the host passes its model's head width to site_kv (nodes/patch/run.py)."""
+
+    NORMS_PER_HEAD = True
 
     def __init__(self, spec: AdapterSpec, *, head_dim: int = HEAD_DIM) -> None:
         super().__init__()
@@ -217,4 +220,5 @@ class InstantXModel(nn.Module):
 
 FAMILY = register(Family(name=NAME, label="InstantX Flux adapters", claims=claims, detect=detect,
                          build_projection=build_projection, encoder_need=encoder_need, patch_path="blocks",
-                         load_model=InstantXModel.from_parts, site_blocks=("double", "single")), first=True)
+                         load_model=InstantXModel.from_parts, site_blocks=("double", "single"),
+                         block_term="inside"), first=True)

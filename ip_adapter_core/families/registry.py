@@ -72,6 +72,9 @@ class Family:
     # DiT families ("blocks" path): the kinds of block that are their sites, in the model's order ("double",
     # "single": Flux); () = the UNet's attn2 sites.
     site_blocks: tuple[str, ...] = ()
+    # "blocks" path: where the term goes: "after" the block's image output (XLabs), or "inside" the block's
+    # attention output, before its out-projection (InstantX Flux)
+    block_term: str = "after"
 
 
 _FAMILIES: list[Family] = []

@@ -95,7 +95,9 @@ class AdapterRun:
             index = frame_indices(frames, per)
             cond = self.images[list(pick(self.images.shape[0], index))] if plan.unfold else self.cond
             factors = None if plan.frame_weights is None else frame_factors(plan.frame_weights, index)
-            hit = site_kv(lambda t: model.site_kv(site, t), cond, self.uncond, weight=plan.site_weights[site],
+            # models that normalise K / V per head (InstantX Flux) get the model's head width
+            kw = {"head_dim": q.shape[-1] // heads} if getattr(model, "NORMS_PER_HEAD", False) else {}
+            hit = site_kv(lambda t: model.site_kv(site, t, **kw), cond, self.uncond, weight=plan.site_weights[site],
                           cond_or_uncond=cond_or_uncond, per_chunk=per, heads=heads, device=q.device, dtype=q.dtype,
                           scaling=plan.scaling, swap=site in plan.swap_sites, frame_weights=factors,
                           uncond_factor=1.0 if plan.uncond_term else 0.0)

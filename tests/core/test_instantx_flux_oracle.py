@@ -17,13 +17,10 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 try:
-    from diffusers.models.embeddings import apply_rotary_emb
-    from diffusers.models.normalization import RMSNorm
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+    from testkit.instantx_flux_reference import IPAFlux, MLPProjModel, Processor
 except ImportError as e:  # the oracle is optional; the math is also checked by hand in test_instantx_flux_family.py
     pytest.skip(f"diffusers is not importable ({e}): the InstantX Flux oracle cannot run", allow_module_level=True)
 
@@ -39,69 +36,6 @@ HIDDEN = HEADS * HEAD_DIM
 AXES = (4, 6, 6)
 SCALE = 0.7
 B, GRID, TXT = 2, (3, 4), 5
-
-
-class MLPProjModel(nn.Module):
-    """Shakker's / InstantX's MLPProjModel, as published."""
-
-    def __init__(self, cross_attention_dim, id_embeddings_dim, num_tokens):
-        super().__init__()
-        self.cross_attention_dim, self.num_tokens = cross_attention_dim, num_tokens
-        self.proj = nn.Sequential(nn.Linear(id_embeddings_dim, id_embeddings_dim * 2), nn.GELU(),
-                                  nn.Linear(id_embeddings_dim * 2, cross_attention_dim * num_tokens))
-        self.norm = nn.LayerNorm(cross_attention_dim)
-
-    def forward(self, id_embeds):
-        x = self.proj(id_embeds)
-        x = x.reshape(-1, self.num_tokens, self.cross_attention_dim)
-        return self.norm(x)
-
-
-class IPAFlux(nn.Module):
-    """The IP part of IPAFluxAttnProcessor2_0: K/V projections without bias, RMSNorm(head_dim) on B H L D."""
-
-    def __init__(self, hidden_size, cross_attention_dim, scale):
-        super().__init__()
-        self.scale = scale
-        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.norm_added_k = RMSNorm(HEAD_DIM, eps=1e-5, elementwise_affine=False)
-        self.norm_added_v = RMSNorm(HEAD_DIM, eps=1e-5, elementwise_affine=False)
-
-    def forward(self, num_heads, query, image_emb):
-        b, t, _ = image_emb.shape
-        k = self.to_k_ip(image_emb).view(b, t, num_heads, -1).transpose(1, 2)  # B L (H D) -> B H L D
-        v = self.to_v_ip(image_emb).view(b, t, num_heads, -1).transpose(1, 2)
-        k, v = self.norm_added_k(k), self.norm_added_v(v)
-        ip = F.scaled_dot_product_attention(query, k, v, dropout_p=0.0, is_causal=False)
-        return self.scale * ip.transpose(1, 2).reshape(b, query.shape[2], -1)  # B H L D -> B L (H D)
-
-
-class Processor(FluxAttnProcessor):
-    """diffusers' FluxAttnProcessor (its projections, norms, RoPE) with a hook on the joint attention output:
-    ``add(q_pre_rope (B, L, H, D), q_post_rope, out (B, L, H*D)) -> out``, L = txt + img (double) or all (single)."""
-
-    def __init__(self, add):
-        super().__init__()
-        self.add = add
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        q, k, v = (lin(hidden_states).unflatten(-1, (-1, attn.head_dim)) for lin in (attn.to_q, attn.to_k, attn.to_v))
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        pre = q
-        if encoder_hidden_states is not None:
-            eq, ek, ev = (lin(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
-                          for lin in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-            eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        q_rot = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k_rot = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        out = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2))
-        out = self.add(pre, q_rot, out.transpose(1, 2).flatten(2))
-        if encoder_hidden_states is None:
-            return out
-        txt, img = out[:, :encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1]:]
-        return attn.to_out[1](attn.to_out[0](img)), attn.to_add_out(txt)
 
 
 def _blocks(model):
@@ -125,7 +59,7 @@ def case():
     ours = InstantXModel.from_parts(spec, image_proj, ip_adapter, head_dim=HEAD_DIM)
     ref_proj = MLPProjModel(CTX, ENC, TOKENS).eval()
     ref_proj.load_state_dict(image_proj, strict=True)
-    ref_ip = nn.ModuleList(IPAFlux(HIDDEN, CTX, SCALE) for _ in range(DOUBLE + SINGLE)).eval()
+    ref_ip = nn.ModuleList(IPAFlux(HIDDEN, CTX, SCALE, HEAD_DIM) for _ in range(DOUBLE + SINGLE)).eval()
     ref_ip.load_state_dict(ip_adapter, strict=True)  # the file's ip_adapter keys are this ModuleList's
     return dict(plain=plain, inputs=inputs, pooled=pooled, ids=ids, spec=spec, ours=ours, ref_proj=ref_proj,
                 ref_ip=ref_ip)
