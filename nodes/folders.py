@@ -8,16 +8,19 @@ import folder_paths
 CLIP_FOLDER = "clip_vision"
 FOLDER = "ipadapter"
 FACE_FOLDER = "insightface"  # face models (FaceID): the old pack keeps them in models/insightface/models/<name>/
+XLABS_FOLDER = os.path.join("xlabs", "ipadapters")  # x-flux-comfyui's folder for the XLabs Flux adapters
 
 
 def register_folder() -> None:
-    """Register models/ipadapter, keeping every path extra_model_paths.yaml already added, and the embeds folder
-    output/ipadapter_embeds."""
+    """Register models/ipadapter, keeping every path extra_model_paths.yaml already added, plus models/xlabs/ipadapters
+    (where x-flux-comfyui users keep the XLabs Flux adapters), and the embeds folder output/ipadapter_embeds."""
     embeds_folder()
     if FOLDER in folder_paths.folder_names_and_paths:
         paths, _ = folder_paths.folder_names_and_paths[FOLDER]
     else:
         paths = [folder_paths.os.path.join(folder_paths.models_dir, FOLDER)]
+    xlabs = os.path.join(folder_paths.models_dir, XLABS_FOLDER)
+    paths = list(paths) + ([xlabs] if xlabs not in paths else [])
     folder_paths.folder_names_and_paths[FOLDER] = (paths, folder_paths.supported_pt_extensions)
     face_paths, face_ext = folder_paths.folder_names_and_paths.get(FACE_FOLDER, ([], set()))
     default = os.path.join(folder_paths.models_dir, FACE_FOLDER)

@@ -7,7 +7,8 @@
 The server is started as ``python main.py --cpu --listen 127.0.0.1 --port <free port> --extra-model-paths-config
 <yaml> --input-directory <d> --output-directory <d> --disable-metadata`` (plus user/temp folders and an in-memory
 database in a scratch folder, so nothing is written into the ComfyUI tree). The yaml adds the models folder
-(``base_path``: checkpoints, clip_vision, ipadapter) and a custom_nodes folder holding a symlink
+(``base_path``: checkpoints, clip_vision, ipadapter, insightface, and the Flux stand-ins' diffusion_models,
+text_encoders, vae) and a custom_nodes folder holding a symlink
 ``comfyui_ip_adapter`` -> this repository (none when the ComfyUI's own custom_nodes already holds this checkout;
 with the stand-ins, also the test-only helper_nodes pack). The server is always stopped by its PID at the end.
 testkit/run_workflow.py is the command line around it (python3 scripts/run_workflow.py).
@@ -146,7 +147,8 @@ class ComfyServer:
         lines = ["ipa_harness:"]
         if self.models_dir:
             lines += [f"    base_path: {json.dumps(self.models_dir)}", "    checkpoints: checkpoints",
-                      "    clip_vision: clip_vision", "    ipadapter: ipadapter", "    insightface: insightface"]
+                      "    clip_vision: clip_vision", "    ipadapter: ipadapter", "    insightface: insightface",
+                      "    diffusion_models: diffusion_models", "    text_encoders: text_encoders", "    vae: vae"]
         lines.append(f"    custom_nodes: {json.dumps(nodes_dir)}")
         yaml_path = os.path.join(self.workdir, "extra_model_paths.yaml")
         with open(yaml_path, "w") as f:

@@ -13,10 +13,13 @@ The pictures they produce are noise-like and mean nothing.
     models/ipadapter/ipa_standin_sd15.safetensors         base adapter (reads the 48-wide image embeds)
     models/ipadapter/ipa_standin_plus_sd15.safetensors    plus adapter (resampler over the 64-wide hidden states)
     the FaceID adapters and face models of testkit/faceid_standins.py, where the onnx package is importable
+    the Flux stand-ins of testkit/flux_standins.py (a tiny Flux, its text encoders and 16-channel VAE in
+    diffusion_models/, text_encoders/, vae/; an XLabs adapter in ipadapter/), loaded with the test-only
+    IPATest_UNETLoaderJSON / IPATest_DualCLIPLoaderJSON (ComfyUI's detection only knows the full-size Flux)
 
 Files that exist and are listed in the manifest with the current VERSION and the hash of the code that wrote them
-(this module and testkit/adapters.py), with their size and (checkpoint) all three parts, are kept; the rest are
-(re)generated.
+(this module, testkit/adapters.py and the modules in faceid_standins.SOURCES / flux_standins.SOURCES), with their
+size and (checkpoint) all three parts, are kept; the rest are (re)generated.
 Usage: python3 scripts/standins.py [--models-dir DIR] [--comfyui PATH] [--force]
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from typing import Callable, Iterator
 
 from . import faceid_standins as faces
+from . import flux_standins as flux
 from .comfyui_env import REPO, find_comfyui, import_comfyui
 
 DEFAULT_MODELS_DIR = os.path.join(REPO, ".standins", "models")
@@ -53,6 +57,9 @@ PRODUCES = {"checkpoint": ("checkpoint",), "clip_vision": ("clip_vision_json", "
             "adapter": ("adapter",), "adapter_plus": ("adapter_plus",)}  # generator -> the FILES it writes
 FILES.update(faces.FILES)
 PRODUCES.update(faces.PRODUCES)
+FILES.update(flux.FILES)
+PRODUCES.update(flux.PRODUCES)
+ADAPTER_XLABS = flux.ADAPTER
 
 
 def _wanted() -> dict[str, tuple[str, ...]]:
@@ -107,14 +114,19 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
         if not todo:
             log(f"stand-ins up to date in {base}")
             return paths(base)
-        if {"checkpoint", "clip_vision"} & set(todo):
+        if {"checkpoint", "clip_vision", "flux"} & set(todo):
             _import_comfy(comfyui)
         makers = {"checkpoint": _make_checkpoint, "clip_vision": _make_clip_vision, "adapter": _make_adapter,
                   "adapter_plus": _make_adapter_plus,
                   "adapters_faceid": lambda b: faces.make_adapters(b, site_dims=SITE_DIMS, seed=SEED + 3,
                                                                    clip_hidden=CLIP_VISION_CONFIG["hidden_size"],
                                                                    save=_save_tensors),
-                  "face_models": lambda b: faces.make_face_models(b, seed=SEED + 4)}
+                  "face_models": lambda b: faces.make_face_models(b, seed=SEED + 4),
+                  "flux": lambda b: flux.make_flux(b, seed=SEED + 5, save=_save_tensors, write_json=flux.write_json,
+                                                   randomise=_randomise),
+                  "adapter_xlabs": lambda b: flux.make_adapter(b, seed=SEED + 6,
+                                                               encoder_dim=CLIP_VISION_CONFIG["projection_dim"],
+                                                               save=_save_tensors)}
         for name in todo:
             t0 = time.time()
             makers[name](base)
@@ -149,7 +161,8 @@ def _source_stamp() -> str:
 
     h = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for path in [os.path.abspath(__file__), os.path.join(here, "adapters.py")] + [os.path.join(here, n) for n in faces.SOURCES]:
+    for path in ([os.path.abspath(__file__), os.path.join(here, "adapters.py")]
+                 + [os.path.join(here, n) for n in faces.SOURCES + flux.SOURCES]):
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

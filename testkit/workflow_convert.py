@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from . import faceid_standins, standins
+from . import faceid_standins, flux_standins, standins
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -29,12 +29,18 @@ SEED_NAMES = {"seed", "noise_seed"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "PrimitiveString", "Label"}
 MODE_MUTED, MODE_BYPASSED = 2, 4
 
-# Loader class -> (input holding the file, model folder). Used to list and swap model files.
+# Loader class -> (input(s) holding the file(s), model folder). Used to list and swap model files; the file inputs are
+# the node's first widgets, in this order.
 LOADERS = {
     "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
     "CLIPVisionLoader": ("clip_name", "clip_vision"),
     "IPATest_CLIPVisionLoaderJSON": ("clip_name", "clip_vision"),
     "IPA_ModelLoader": ("ipadapter_file", "ipadapter"),
+    "UNETLoader": ("unet_name", "diffusion_models"),
+    "IPATest_UNETLoaderJSON": ("unet_name", "diffusion_models"),
+    "DualCLIPLoader": (("clip_name1", "clip_name2"), "text_encoders"),
+    "IPATest_DualCLIPLoaderJSON": (("clip_name1", "clip_name2"), "text_encoders"),
+    "VAELoader": ("vae_name", "vae"),
 }
 ADAPTER_CLASSES = ("IPA_Apply", "IPA_ApplySimple", "IPA_ApplyAdvanced", "IPA_ApplyTiled", "IPA_RegionalApply",
                    "IPA_StyleComposition", "IPA_ApplyFaceID")
@@ -208,29 +214,55 @@ def set_adapter_weight(api: dict, weight: float) -> dict:
     return out
 
 
+def _file_inputs(class_type: str) -> tuple[tuple[str, ...], str]:
+    keys, folder = LOADERS[class_type]
+    return ((keys,) if isinstance(keys, str) else keys), folder
+
+
 def model_files(workflow: dict) -> list[tuple[str, str]]:
     """(folder, file name) of every model file the workflow's loaders use (UI or API format)."""
     found = []
     if is_ui_format(workflow):
         for node in workflow["nodes"]:
             if node["type"] in LOADERS and node.get("mode") not in (MODE_MUTED, MODE_BYPASSED):
+                keys, folder = _file_inputs(node["type"])
                 values = node.get("widgets_values") or []
-                if values:
-                    found.append((LOADERS[node["type"]][1], values[0]))
+                found += [(folder, v) for v in values[: len(keys)]]
     else:
         for node in workflow.values():
             if node["class_type"] in LOADERS:
-                key, folder = LOADERS[node["class_type"]]
-                found.append((folder, node["inputs"].get(key)))
+                keys, folder = _file_inputs(node["class_type"])
+                found += [(folder, node["inputs"].get(k)) for k in keys]
     return found
+
+
+def is_flux(api: dict) -> bool:
+    """An API graph that loads a Flux model: a diffusion-model loader (UNETLoader) or a DualCLIPLoader of type flux."""
+    return any(n["class_type"] in ("UNETLoader", "IPATest_UNETLoaderJSON")
+               or (n["class_type"] in ("DualCLIPLoader", "IPATest_DualCLIPLoaderJSON")
+                   and n["inputs"].get("type") == "flux") for n in api.values())
+
+
+def standin_adapter(name: str, *, flux: bool = False) -> str:
+    """The stand-in for an adapter file name of a workflow: XLabs Flux (a name with "flux" or "xlabs", or any adapter
+    of a Flux graph), FaceID by the published names, plus, else the base one."""
+    low = name.lower()
+    if flux or "flux" in low or "xlabs" in low:
+        return standins.ADAPTER_XLABS
+    if "faceid" in low:
+        return faceid_standins.adapter_for(name)
+    return standins.ADAPTER_PLUS if "plus" in low else standins.ADAPTER
 
 
 def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_vision: bool = True) -> dict:
     """Copy of ``api`` that runs on the random stand-ins (testkit/standins.py): model names swapped (plus adapters
     to the plus stand-in; the old pack's IPAdapterModelLoader and IPAdapterInsightFaceLoader too), CLIPVisionLoader
     replaced by the test helper node that reads the .json config, latents shrunk to ``size`` px and samplers cut to
-    ``max_steps`` steps."""
+    ``max_steps`` steps. A Flux graph (:func:`is_flux`) gets the Flux stand-ins (testkit/flux_standins.py):
+    UNETLoader and DualCLIPLoader replaced by the test helper nodes that read their .json configs (same inputs),
+    VAELoader's file and every adapter swapped (the XLabs stand-in)."""
     out = copy.deepcopy(api)
+    flux = is_flux(out)
     for node in out.values():
         ct, inp = node["class_type"], node["inputs"]
         if ct == "CheckpointLoaderSimple":
@@ -240,10 +272,14 @@ def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_v
             if helper_clip_vision:
                 node["class_type"] = "IPATest_CLIPVisionLoaderJSON"
         elif ct in ("IPA_ModelLoader", "IPAdapterModelLoader"):  # this pack's loader, the old pack's ID
-            name = str(inp.get("ipadapter_file", ""))
-            plus = "plus" in name.lower()
-            inp["ipadapter_file"] = (faceid_standins.adapter_for(name) if "faceid" in name.lower()
-                                     else standins.ADAPTER_PLUS if plus else standins.ADAPTER)
+            inp["ipadapter_file"] = standin_adapter(str(inp.get("ipadapter_file", "")), flux=flux)
+        elif ct in ("UNETLoader", "IPATest_UNETLoaderJSON") and flux:
+            node["class_type"], inp["unet_name"] = "IPATest_UNETLoaderJSON", flux_standins.UNET
+        elif ct in ("DualCLIPLoader", "IPATest_DualCLIPLoaderJSON") and flux:
+            node["class_type"] = "IPATest_DualCLIPLoaderJSON"
+            inp["clip_name1"], inp["clip_name2"] = flux_standins.CLIP_L, flux_standins.T5XXL
+        elif ct == "VAELoader" and flux:
+            inp["vae_name"] = flux_standins.VAE
         elif ct in ("IPA_FaceModelLoader", "IPAdapterInsightFaceLoader"):
             inp["model_name"] = faceid_standins.FACE_MODELS
         elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
@@ -282,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                   "needs tests/host/helper_nodes in its custom_nodes, or use a workflow with IPA Unified Loader "
                   "(example_workflows/ipadapter_unified_loader.json), which loads the stand-in without it.",
                   file=sys.stderr)
+        if any(n["class_type"] in ("IPATest_UNETLoaderJSON", "IPATest_DualCLIPLoaderJSON") for n in api.values()):
+            print("workflow_convert: the Flux stand-ins replaced UNETLoader / DualCLIPLoader with the TEST-ONLY nodes "
+                  "IPATest_UNETLoaderJSON / IPATest_DualCLIPLoaderJSON (ComfyUI's detection only knows the "
+                  "full-size Flux): the server needs tests/host/helper_nodes in its custom_nodes.", file=sys.stderr)
     text = json.dumps({"prompt": api} if args.body else api, indent=1)
     if args.output:
         with open(args.output, "w") as f:

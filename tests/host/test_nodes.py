@@ -82,8 +82,33 @@ def test_register_folder_keeps_paths_from_extra_model_paths(comfyui_path, pack_m
     monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter")
     loader.register_folder()
     paths, extensions = folder_paths.folder_names_and_paths["ipadapter"]
-    assert paths == [os.path.join(folder_paths.models_dir, "ipadapter")]
+    # models/ipadapter first (where downloads go), then x-flux-comfyui's folder for the XLabs Flux adapters
+    assert paths == [os.path.join(folder_paths.models_dir, "ipadapter"),
+                     os.path.join(folder_paths.models_dir, "xlabs", "ipadapters")]
     assert extensions == folder_paths.supported_pt_extensions
+    loader.register_folder()  # registering again adds nothing
+    assert folder_paths.folder_names_and_paths["ipadapter"][0] == paths
+
+
+def test_the_xlabs_folder_of_x_flux_comfyui_is_read(comfyui_path, pack_module, run_node, monkeypatch, tmp_path):
+    """An XLabs Flux adapter where x-flux-comfyui keeps it (models/xlabs/ipadapters/ip_adapter.safetensors) is listed
+    and loaded by IPA Load Adapter as it is."""
+    import folder_paths
+
+    from testkit.flux_adapters import write_xlabs
+
+    folder = tmp_path / "xlabs" / "ipadapters"
+    folder.mkdir(parents=True)
+    write_xlabs(folder / "ip_adapter.safetensors", tokens=16, clip_dim=12, ctx=16, hidden=8, blocks=3)
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter")
+    monkeypatch.delitem(folder_paths.filename_list_cache, "ipadapter", raising=False)
+    pack_module("nodes.folders").register_folder()
+    assert str(folder) in folder_paths.get_folder_paths("ipadapter")
+    listed = pack_module("nodes.loader").IPAModelLoader.INPUT_TYPES()["required"]["ipadapter_file"][0]
+    assert "ip_adapter.safetensors" in listed, listed
+    out = run_node("IPA_ModelLoader", ipadapter_file="ip_adapter.safetensors")
+    assert out["result"][0].spec.adapter_family == "xlabs-flux" and out["result"][0].spec.num_tokens == 16
 
 
 # --------------------------------------------------------------------------------------------- encode / apply

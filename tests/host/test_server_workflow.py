@@ -11,14 +11,20 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testkit import standins
 from testkit import workflow_convert as wc
 
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 SIMPLE = os.path.join(REPO, "example_workflows", "ipadapter_simple.json")
+FLUX = os.path.join(REPO, "example_workflows", "ipadapter_flux_xlabs.json")
+FLUX_FILES = [("diffusion_models", "flux1-dev.safetensors"), ("text_encoders", "clip_l.safetensors"),
+              ("text_encoders", "t5xxl_fp16.safetensors"), ("vae", "ae.safetensors"),
+              ("ipadapter", "flux-ip-adapter-v2.safetensors"), ("clip_vision", "clip-vit-large-patch14.safetensors")]
 REFERENCE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
 PACK_NODES = ("IPA_ModelLoader", "IPA_Encode", "IPA_Apply", "IPA_ApplySimple")
 # weight 1 vs weight 0 on the stand-ins: measured ~40 (0-255 scale); anything above 2 shows the adapter acts.
@@ -45,6 +51,10 @@ def test_example_is_ui_format_with_real_file_names(path):
     """The template browser opens the UI ("workflow") format; loaders name the published files."""
     wf = _load(path)
     assert wc.is_ui_format(wf), f"{path} is not a UI-format workflow (nodes + links)"
+    if any(n["type"] == "UNETLoader" for n in wf["nodes"]):  # Flux: the separate files of FLUX.1-dev
+        assert sorted(wc.model_files(wf)) == sorted(FLUX_FILES), wc.model_files(wf)
+        _check_reference_images(wf)
+        return
     files = dict(wc.model_files(wf))
     assert files["checkpoints"] == "v1-5-pruned-emaonly.safetensors"
     unified = [n for n in wf["nodes"] if n["type"] == "IPA_UnifiedLoader"]
@@ -57,9 +67,30 @@ def test_example_is_ui_format_with_real_file_names(path):
     faces = [n for n in wf["nodes"] if n["type"] == "IPA_FaceModelLoader"]
     if faces:  # FaceID: the buffalo_l face models, and a published FaceID adapter
         assert [n["widgets_values"][0] for n in faces] == ["buffalo_l"] and "faceid" in files["ipadapter"]
+    _check_reference_images(wf)
+
+
+def _check_reference_images(wf: dict) -> None:
     images = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "LoadImage"]
     assert images and all(os.path.isfile(os.path.join(REPO, "example_workflows", i)) for i in images), images
     assert os.path.getsize(REFERENCE) < 100_000
+
+
+def test_flux_example_is_wired_as_flux_wants_it():
+    """FLUX.1-dev's settings: cfg 1 with FluxGuidance, 16-channel latents (EmptySD3LatentImage), DualCLIPLoader type
+    flux; the XLabs adapter through IPA Apply with image + CLIP vision; every loader links its download."""
+    wf = _load(FLUX)
+    by_type = {n["type"]: n for n in wf["nodes"]}
+    assert by_type["KSampler"]["widgets_values"][3] == 1.0 and by_type["FluxGuidance"]["widgets_values"] == [3.5]
+    assert by_type["DualCLIPLoader"]["widgets_values"][2] == "flux" and "EmptySD3LatentImage" in by_type
+    linked = {i["name"] for i in by_type["IPA_Apply"]["inputs"] if i.get("link") is not None}
+    assert linked == {"model", "ipadapter", "image", "clip_vision"}, linked
+    for node in wf["nodes"]:
+        if node["type"] in wc.LOADERS:
+            listed = [m["name"] for m in node["properties"]["models"]]
+            assert listed == [v for folder, v in wc.model_files({"nodes": [node], "links": []})], node["type"]
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    assert all(name in note for _, name in FLUX_FILES) and "cfg at 1.0" in note
 
 
 def test_convert_maps_widgets_and_skips_frontend_values():
@@ -188,3 +219,52 @@ def test_faceid_example_finds_the_face_and_acts(server, path):
             node["inputs"]["lora_strength"] = 0.0
         no_lora = _run_ok(server, graph).images[0]
         assert mean_abs_diff(run.images[0], no_lora) > 0, "the adapter's LoRA changes nothing"
+
+
+# ---------------------------------------------------------------------------------------------- Flux (XLabs)
+# The Flux example runs on the Flux stand-ins (testkit/flux_standins.py) through the test-only loaders
+# IPATest_UNETLoaderJSON / IPATest_DualCLIPLoaderJSON (use_standins); FluxGuidance, KSampler, VAELoader, VAEDecode and
+# the pack's nodes are the real ones.
+
+@pytest.fixture(scope="module")
+def flux_graph(server) -> dict:
+    graph = wc.use_standins(server.convert(_load(FLUX)))
+    assert wc.nodes_of(graph, "IPATest_UNETLoaderJSON") and wc.nodes_of(graph, "IPATest_DualCLIPLoaderJSON")
+    assert {n["inputs"]["ipadapter_file"] for n in wc.nodes_of(graph, "IPA_ModelLoader")} == {standins.ADAPTER_XLABS}
+    return graph
+
+
+def test_flux_example_weight_changes_the_image(server, flux_graph):
+    """The example's weight (0.7) against weight 0: the XLabs term changes the picture."""
+    from testkit.run_workflow import mean_abs_diff
+
+    example = _run_ok(server, flux_graph).images[0]
+    zero = _run_ok(server, wc.set_adapter_weight(flux_graph, 0.0)).images[0]
+    diff = mean_abs_diff(example, zero)
+    assert diff > MIN_WEIGHT_EFFECT, f"weight 0.7 vs 0: mean abs pixel difference {diff:.3f} <= {MIN_WEIGHT_EFFECT}"
+
+
+def _named_error(run, graph: dict, class_type: str, display: str, pattern: str) -> str:
+    """The run failed at the one ``class_type`` node with a pack error whose message starts with the node's name and
+    matches ``pattern``; returns the message."""
+    from testkit.reliability import exec_error
+
+    err = exec_error(run)
+    assert run.status == "error" and err, f"expected an execution error, got {run.status}: {run.error}"
+    node_id = next(nid for nid, n in graph.items() if n["class_type"] == class_type)
+    msg = err.get("exception_message", "")
+    assert (err.get("node_id"), err.get("node_type")) == (node_id, class_type), (err.get("node_type"), msg)
+    assert msg.startswith(display) and re.search(pattern, msg), msg
+    return msg
+
+
+def test_flux_wrong_adapter_is_named_through_the_server(server, flux_graph, simple_graph):
+    """POST /prompt with the wrong adapter: an SD1.5 adapter on the Flux model, the XLabs adapter on the SD1.5
+    checkpoint; each fails at the apply node saying why, and the server goes on serving the good Flux graph."""
+    sd15_on_flux = wc.set_inputs(flux_graph, "IPA_ModelLoader", ipadapter_file=standins.ADAPTER)
+    _named_error(server.queue(sd15_on_flux, timeout=PROMPT_TIMEOUT), sd15_on_flux, "IPA_Apply", "IPA Apply",
+                 r"no UNet cross-attention layers \(is it a DiT such as Flux")
+    xlabs_on_sd15 = wc.set_inputs(simple_graph, "IPA_ModelLoader", ipadapter_file=standins.ADAPTER_XLABS)
+    _named_error(server.queue(xlabs_on_sd15, timeout=PROMPT_TIMEOUT), xlabs_on_sd15, "IPA_ApplySimple",
+                 "IPA Apply (simple)", r"XLabs Flux v1.*for Flux models.*no Flux blocks")
+    _run_ok(server, flux_graph)
