@@ -20,7 +20,7 @@ from ...ip_adapter_core.embeds import UNCOND_MODES, ImageTokens
 from ...ip_adapter_core.enhance import enhanced, merge_tiles, split_grid
 from ...ip_adapter_core.errors import InputError, check_choice
 from . import blocks
-from .host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device
+from .host import LoadedAdapter, clip_vision_dims, encode_images, encode_zero_pixels, projection_device, siglip_head
 
 
 class ClipVisionStage:
@@ -31,12 +31,14 @@ class ClipVisionStage:
 
     def check(self, adapter: LoadedAdapter, encoder: Any, *, where: str) -> None:
         need = families.encoder_need(adapter.spec)
-        if need.output not in ("image_embeds", "penultimate"):
+        if need.output not in ("image_embeds", "penultimate", "pooled"):
             raise InputError(f"{where}: '{adapter.name}' ({adapter.spec.describe()}) reads the encoder's "
                              f"'{need.output}' output, which this version does not compute yet.")
         dims = clip_vision_dims(encoder)
         check_encoder(adapter.spec, hidden=dims.hidden, projection=dims.projection, adapter_name=adapter.name,
                       where=f"{where}, input '{self.socket}'")
+        if need.output == "pooled":  # SigLIP's pooling head, read from the encoder's file once (host.siglip_head)
+            siglip_head(encoder, where=where)
 
     def image_size(self, encoder: Any) -> int:
         return clip_vision_dims(encoder).image_size

@@ -154,8 +154,67 @@ def clip_vision_dims(clip_vision: Any) -> EncoderDims:
     return EncoderDims(hidden=int(emb.shape[0]), projection=projection, image_size=int(clip_vision.image_size))
 
 
+# SigLIP's pooling head (HF's pooler_output), which ComfyUI's loader drops: read once from the encoder's own file
+_siglip_heads: "weakref.WeakKeyDictionary[Any, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_PATCH_KEY = "vision_model.embeddings.patch_embedding.weight"
+
+
+def siglip_head(clip_vision: Any, *, where: str) -> torch.nn.Module:
+    """The pooling head of a SigLIP CLIP_VISION (ip_adapter_core.siglip), from the clip_vision file it was loaded
+    from: the file among ComfyUI's clip_vision files whose patch embedding equals the model's. Cached per encoder.
+    InputError naming the file when it has no head (``vision_model.head.*``), or when no file matches."""
+    hit = _siglip_heads.get(clip_vision)
+    if hit is not None:
+        return hit
+    import folder_paths
+    from safetensors import safe_open
+
+    from ...ip_adapter_core.siglip import head_from_state_dict
+
+    mine = clip_vision.model.vision_model.embeddings.patch_embedding.weight.detach().cpu()
+    found = None
+    for name in folder_paths.get_filename_list("clip_vision"):
+        path = folder_paths.get_full_path("clip_vision", name)
+        if not path or not path.endswith(".safetensors"):
+            continue
+        try:
+            with safe_open(path, framework="pt") as f:
+                if _PATCH_KEY not in f.keys() or tuple(f.get_slice(_PATCH_KEY).get_shape()) != tuple(mine.shape):
+                    continue
+                if not torch.equal(f.get_tensor(_PATCH_KEY).to(mine.dtype), mine):
+                    continue
+                found = name
+                head_sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("vision_model.head.")}
+        except Exception:  # an unreadable file is not this encoder's
+            continue
+        if head_sd:
+            break
+    if found is None:
+        raise InputError(f"{where}, input 'clip_vision': this SigLIP encoder's file is not among the clip_vision files, "
+                         f"so its pooling head (vision_model.head.*) cannot be read; load it with a CLIP Vision "
+                         f"Loader from models/clip_vision.")
+    layer = clip_vision.model.vision_model.encoder.layers[0].self_attn
+    try:
+        head = head_from_state_dict(head_sd, name=f"'{found}'", heads=int(layer.heads)).float()
+    except Exception as e:
+        raise InputError(f"{where}, input 'clip_vision': {e}") from None
+    _siglip_heads[clip_vision] = head
+    return head
+
+
 def encode_images(clip_vision: Any, images: torch.Tensor, output: str) -> torch.Tensor:
-    """images: IMAGE (B, H, W, 3) -> image_embeds (B, E) or penultimate (B, N, E), float32 on the intermediate device."""
+    """images: IMAGE (B, H, W, 3) -> image_embeds (B, E) or penultimate (B, N, E), float32 on the intermediate device;
+    "pooled": SigLIP's pooled output (B, E): its post-LayerNorm tokens (ComfyUI's image_embeds for SigLIP), squashed to
+    the encoder's size without a crop as SigLIP's processor does, through the pooling head (see :func:`siglip_head`,
+    which the encoder stage's check has loaded)."""
+    if output == "pooled":
+        states = clip_vision.encode_image(images, crop=False)["image_embeds"]
+        if states.dim() != 3:
+            raise InputError(f"this CLIP vision encoder gives one embedding per image {tuple(states.shape)}, not "
+                             f"SigLIP's token sequence; load google/siglip-so400m-patch14-384.")
+        head = _siglip_heads[clip_vision]
+        with torch.no_grad():
+            return head.to(states.device)(states.float())
     out = clip_vision.encode_image(images)
     key = "image_embeds" if output == "image_embeds" else "penultimate_hidden_states"
     return out[key].float()
