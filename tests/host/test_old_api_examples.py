@@ -311,3 +311,29 @@ def test_the_old_pack_and_this_pack_give_the_same_latents(two_servers, case):
     tolerance = RELATIVE_TOLERANCE * scale
     assert effect > 100 * tolerance, f"the adapter hardly changes the latents ({effect:.3g}): no test"
     assert delta <= tolerance, f"max |old pack - this pack| = {delta:.3g} > {tolerance:.3g} ({case})"
+
+
+def test_beside_the_old_pack_this_packs_own_nodes_still_work(two_servers):
+    """The old pack installed beside this one: the server starts, the old IDs are the old pack's, this pack's IPA_*
+    nodes are registered from this pack and run: an IPA Apply graph gives the latents it gives without the old pack."""
+    import torch
+
+    old_server, ours = two_servers
+    info = old_server.object_info()
+    assert "ComfyUI_IPAdapter_plus" in info["IPAdapter"]["python_module"]
+    assert "ComfyUI_IPAdapter_plus" not in info["IPA_Apply"]["python_module"]
+    w = wc.Graph()
+    ckpt = w.add("CheckpointLoaderSimple", ckpt_name="ipa_standin_sd15.safetensors")
+    clip_vision = w.add("IPATest_CLIPVisionLoaderJSON", clip_name="ipa_clip_vision_224.safetensors")
+    adapter = w.add("IPA_ModelLoader", ipadapter_file=ADAPTERS["plus"])
+    image = w.add("LoadImage", image=os.path.basename(REFERENCE))
+    model = w.add("IPA_Apply", model=ckpt, ipadapter=adapter, image=image, clip_vision=clip_vision, weight=0.8,
+                  start_at=0.0, end_at=1.0)
+    pos = w.add("CLIPTextEncode", text="a mountain lake at sunset", clip=[ckpt[0], 1])
+    neg = w.add("CLIPTextEncode", text="blurry", clip=[ckpt[0], 1])
+    latent = w.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = w.add("KSampler", model=model, seed=7, steps=3, cfg=6.0, sampler_name="euler", scheduler="normal",
+                    positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    w.add("SaveLatent", samples=sampled, filename_prefix="ipa_beside_old_pack")
+    beside, alone = _latent(old_server, w.root), _latent(ours, w.root)
+    assert torch.equal(beside, alone)
