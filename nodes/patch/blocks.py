@@ -56,11 +56,12 @@ def _queries(q: torch.Tensor, pe: torch.Tensor | None, start: int, stop: int, dt
 def _with_terms(x: torch.Tensor, start: int, stop: int, q: torch.Tensor, heads: int, terms, options: dict):
     """x (B, L, C) with every term added to its rows start:stop (the other rows, e.g. Kontext references, kept)."""
     cond_or_uncond = options.get("cond_or_uncond") or [0]
-    part = x[:, start:stop]
+    whole = start == 0 and stop == x.shape[1]
+    part = x if whole else x[:, start:stop]
     for run, site in terms:
         k_ip, v_ip = run.kv(site, q, heads, cond_or_uncond)
         part = add_image_term(part, q, k_ip, v_ip, run.gate(options, x.dtype))
-    if start == 0 and stop == x.shape[1]:
+    if whole:
         return part
     return torch.cat((x[:, :start], part, x[:, stop:]), dim=1)
 
