@@ -19,17 +19,13 @@ from comfy.ldm.modules import attention as comfy_attention
 
 from ...ip_adapter_core.attention import add_image_term
 from ...ip_adapter_core.frames import window_frames
-from .run import AdapterRun
+from .run import AdapterRun, TermsPatch
 
 
-class IPAttn2Patch:
+class IPAttn2Patch(TermsPatch):
     """attn2 replacement for one site: base attention (or the patch that was there first) plus every image term."""
 
-    __slots__ = ("terms", "inner")
-
-    def __init__(self, terms: tuple[tuple[AdapterRun, int], ...], inner: Callable | None) -> None:
-        self.terms = terms
-        self.inner = inner
+    __slots__ = ()
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
@@ -45,27 +41,6 @@ class IPAttn2Patch:
             out = add_image_term(out, q, k_ip, v_ip, run.gate(extra_options, out.dtype),
                                  run.site_mask(site, q, extra_options, cond_or_uncond, frames))
         return out
-
-    def with_term(self, run: AdapterRun, site: int) -> "IPAttn2Patch":
-        return IPAttn2Patch(self.terms + ((run, site),), self.inner)
-
-    def __deepcopy__(self, memo: dict) -> "IPAttn2Patch":
-        return self
-
-    def to(self, device_or_dtype: Any) -> "IPAttn2Patch":
-        if isinstance(device_or_dtype, torch.device):
-            for run, _ in self.terms:
-                run.keep_device(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        found = []
-        for run, _ in self.terms:
-            if run.adapter.patcher not in found:
-                found.append(run.adapter.patcher)
-        if self.inner is not None and hasattr(self.inner, "models"):
-            found += self.inner.models()
-        return found
 
 
 def install(m: Any, run: AdapterRun, sites: list[tuple[int, tuple[str, int, int]]]) -> None:
@@ -84,5 +59,4 @@ def reweight(m: Any, scaled: Callable[[AdapterRun], AdapterRun]) -> None:
     attn2 = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for key, patch in list(attn2.items()):
         if isinstance(patch, IPAttn2Patch):
-            m.set_model_attn2_replace(IPAttn2Patch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner),
-                                      *key)
+            m.set_model_attn2_replace(patch.reweighted(scaled), *key)

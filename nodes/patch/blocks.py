@@ -29,7 +29,7 @@ from ...ip_adapter_core import families
 from ...ip_adapter_core.attention import add_image_term
 from ...ip_adapter_core.errors import IncompatibleError, InputError
 from ...ip_adapter_core.rope import unrope
-from .run import AdapterRun
+from .run import AdapterRun, TermsPatch
 
 _log = logging.getLogger("comfyui-ipa")
 OVERRIDE = "optimized_attention_override"
@@ -89,14 +89,10 @@ class _QueryTap:
         return out
 
 
-class IPBlockPatch:
+class IPBlockPatch(TermsPatch):
     """dit replacement for one Flux block: the block (or the patch that was there first) plus every image term."""
 
-    __slots__ = ("terms", "inner")
-
-    def __init__(self, terms: tuple[tuple[AdapterRun, int], ...], inner: Callable | None) -> None:
-        self.terms = terms
-        self.inner = inner
+    __slots__ = ()
 
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
@@ -123,27 +119,6 @@ class IPBlockPatch:
         q, heads = _queries(tap.q, args.get("pe"), *span, img.dtype)
         shift = 0 if single else span[0]  # out["img"] of a double block holds the image tokens only
         return {**out, "img": _with_terms(img, span[0] - shift, span[1] - shift, q, heads, after, options)}
-
-    def with_term(self, run: AdapterRun, site: int) -> "IPBlockPatch":
-        return IPBlockPatch(self.terms + ((run, site),), self.inner)
-
-    def __deepcopy__(self, memo: dict) -> "IPBlockPatch":
-        return self
-
-    def to(self, device_or_dtype: Any) -> "IPBlockPatch":
-        if isinstance(device_or_dtype, torch.device):
-            for run, _ in self.terms:
-                run.keep_device(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        found = []
-        for run, _ in self.terms:
-            if run.adapter.patcher not in found:
-                found.append(run.adapter.patcher)
-        if self.inner is not None and hasattr(self.inner, "models"):
-            found += [m for m in self.inner.models() if m not in found]
-        return found
 
 
 def check_family(adapter: Any, *, where: str) -> None:
@@ -203,5 +178,4 @@ def reweight(m: Any, scaled: Callable[[AdapterRun], AdapterRun]) -> None:
     """Replace every IPA term on the clone ``m`` by ``scaled(run)``; foreign patches stay as they are."""
     for name, patch in list(_dit(m).items()):
         if isinstance(patch, IPBlockPatch):
-            m.set_model_patch_replace(IPBlockPatch(tuple((scaled(r), site) for r, site in patch.terms), patch.inner),
-                                      "dit", name[0], name[1])
+            m.set_model_patch_replace(patch.reweighted(scaled), "dit", name[0], name[1])

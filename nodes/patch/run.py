@@ -190,3 +190,41 @@ class AdapterRun:
             self._masks = {k: v for k, v in self._masks.items() if k[3] == device}
             self._values = {k: v for k, v in self._values.items() if k == device}
             self._gates = {k: v for k, v in self._gates.items() if k == device}
+
+
+class TermsPatch:
+    """What every patch object of this pack shares (attn2.IPAttn2Patch, blocks.IPBlockPatch): immutable ``terms``,
+    (AdapterRun, site) pairs, and the foreign patch ``inner`` it calls through; shared, never copied, by clones
+    (``__deepcopy__``); moved with the model (``to``: a CPU offload drops the runs' caches elsewhere); ``models()``
+    gives ComfyUI the adapters' ModelPatchers (and the inner patch's) to load and offload with the model."""
+
+    __slots__ = ("terms", "inner")
+
+    def __init__(self, terms: tuple[tuple[AdapterRun, int], ...], inner: Any = None) -> None:
+        self.terms = terms
+        self.inner = inner
+
+    def with_term(self, run: AdapterRun, site: int):
+        return type(self)(self.terms + ((run, site),), self.inner)
+
+    def reweighted(self, scaled) -> "TermsPatch":
+        """The same patch with every run replaced by ``scaled(run)`` (IPA Re-weight)."""
+        return type(self)(tuple((scaled(r), site) for r, site in self.terms), self.inner)
+
+    def __deepcopy__(self, memo: dict):
+        return self
+
+    def to(self, device_or_dtype: Any):
+        if isinstance(device_or_dtype, torch.device):
+            for run, _ in self.terms:
+                run.keep_device(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        found = []
+        for run, _ in self.terms:
+            if run.adapter.patcher not in found:
+                found.append(run.adapter.patcher)
+        if self.inner is not None and hasattr(self.inner, "models"):
+            found += [m for m in self.inner.models() if m not in found]
+        return found

@@ -106,8 +106,9 @@ def storage_ptrs(obj) -> set[int]:
             stack.extend(o)
         if hasattr(o, "__dict__"):
             stack.extend(vars(o).values())
-        for slot in getattr(type(o), "__slots__", ()):
-            stack.append(getattr(o, slot, None))
+        for klass in type(o).__mro__:  # slots of every class (a patch's terms live in its base class)
+            for slot in getattr(klass, "__slots__", ()):
+                stack.append(getattr(o, slot, None))
     return ptrs
 
 
