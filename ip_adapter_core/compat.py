@@ -21,8 +21,8 @@ def _family_label(ctx: int) -> str:
 
 def check_model(spec: AdapterSpec, sites: Sequence[Site], context_dim: int | None, *, adapter_name: str, where: str) -> None:
     """The adapter's layers must match the model's sites one for one (count and widths): the UNet's cross-attention
-    sites, or a DiT's blocks for the families that patch blocks (Flux)."""
-    dit = families.family_of(spec).patch_path == "blocks"
+    sites, or a DiT's blocks for the families that patch blocks (Flux, SD3.5: ``Family.site_blocks``)."""
+    dit = bool(families.family_of(spec).site_blocks)
     if dit and (not sites or context_dim is None):
         base = FAMILY_LABEL.get(spec.family, "DiT")
         raise IncompatibleError(

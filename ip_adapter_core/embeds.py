@@ -18,6 +18,10 @@ class ImageTokens:
 
     cond: (N_images, T, C) tokens of the image prompt. uncond: (1, T, C) tokens used for the negative (uncond) batch.
     adapter_id: fingerprint of the adapter whose projection made them (tokens only fit that adapter's to_k_ip/to_v_ip).
+    Families whose projection also reads the model's timestep (``Family.step_projection``: InstantX SD3.5) cannot
+    project at encode time: for them cond / uncond hold the encoder's features instead, (N_images, N, E) / (1, N, E)
+    with E = spec.encoder_dim (SigLIP penultimate states; the reference uncond is zeros), and the patch path runs the
+    projection at every model call. :func:`payload_width` says which; :meth:`check_fits` checks it.
     """
 
     cond: torch.Tensor
@@ -33,6 +37,27 @@ class ImageTokens:
                 f"{where}: the embeds were made with adapter '{self.adapter_name}' ({self.spec.describe()}) but the "
                 f"adapter here is '{adapter_name}' ({spec.describe()}). Encode the image with the same adapter you apply."
             )
+        width = payload_width(spec)
+        what = "encoder features" if carries_features(spec) else "tokens"
+        if any(t.dim() != 3 or t.shape[-1] != width for t in (self.cond, self.uncond)):
+            raise IncompatibleError(
+                f"{where}: the embeds hold cond {tuple(self.cond.shape)} / uncond {tuple(self.uncond.shape)}, but "
+                f"'{adapter_name}' ({spec.describe()}) reads {what} (N, T, {width}). Encode the image again with "
+                f"this adapter."
+            )
+
+
+def carries_features(spec: AdapterSpec) -> bool:
+    """True where the embeds of ``spec``'s family hold encoder features, not tokens (Family.step_projection)."""
+    from . import families
+
+    return bool(getattr(families.family_of(spec), "step_projection", False))
+
+
+def payload_width(spec: AdapterSpec) -> int:
+    """The last axis of ImageTokens made for ``spec``: the encoder width for families that project at every step
+    (:func:`carries_features`), else the token width (cross_attention_dim)."""
+    return spec.encoder_dim if carries_features(spec) else spec.cross_attention_dim
 
 
 def fingerprint(parts: dict[str, torch.Tensor]) -> str:

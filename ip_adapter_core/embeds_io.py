@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from .embeds import ImageTokens
+from .embeds import ImageTokens, payload_width
 from .errors import CorruptFileError, InputError, NotAnIPAdapterError
 from .spec import AdapterSpec
 
@@ -47,7 +47,7 @@ def from_safetensors_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, 
         raise CorruptFileError(f"'{name}' lacks {', '.join(missing)}; the file is damaged. Save the embeds again.")
     spec = _spec_from_json(metadata["spec"], name=name)
     cond, uncond = tensors["cond"], tensors["uncond"]
-    width = spec.cross_attention_dim
+    width = payload_width(spec)  # the token width, or the encoder width for embeds that carry features (SD3.5)
     if (cond.dim() != 3 or uncond.dim() != 3 or uncond.shape[0] != 1 or cond.shape[0] < 1
             or cond.shape[1:] != uncond.shape[1:] or cond.shape[2] != width):
         raise CorruptFileError(f"'{name}' has tokens of shapes cond {tuple(cond.shape)} / uncond "

@@ -12,9 +12,10 @@ The layer-map types (style transfer, composition, ...) are the incumbent's table
 SpatialTransformers hold more than one transformer block (SDXL, Kolors), else the SD1.5 table. Map entries whose
 index the model does not have are ignored; sites missing from a map get weight 0.
 
-DiT blocks (Flux: sites ("double", i, 0)): each block is one "layer" (t_idx = its index, double blocks before
-single ones), so the curve types (linear, ease in / out / in-out, reverse in-out) ramp over the blocks and layer
-weights address blocks by index (``3:0.5``) or key (``double.3:0.5``); the types that name UNet parts are refused.
+DiT blocks (Flux: sites ("double", i, 0); SD3.5: ("joint", i, 0)): each block is one "layer" (t_idx = its index,
+double blocks before single ones), so the curve types (linear, ease in / out / in-out, reverse in-out) ramp over the
+blocks and layer weights address blocks by index (``3:0.5``) or key (``double.3:0.5``, ``joint.3:0.5``); the types
+that name UNet parts are refused.
 
 Layer weights syntax (:func:`parse_layer_weights`): entries ``target:value`` separated by commas or new lines;
 a target is
@@ -45,8 +46,9 @@ WEIGHT_TYPES = (
     "style transfer precise", "composition precise",
 )
 
-_EXECUTION_ORDER = {"input": 0, "middle": 1, "output": 2, "double": 3, "single": 4}  # DiT blocks: Flux's order
-DIT_BLOCKS = frozenset({"double", "single"})
+# DiT blocks: Flux's order (double, then single); SD3.5's MMDiT has joint blocks only
+_EXECUTION_ORDER = {"input": 0, "middle": 1, "output": 2, "double": 3, "single": 4, "joint": 5}
+DIT_BLOCKS = frozenset({"double", "single", "joint"})
 # The types that read only the sites' order (a curve over the blocks), so they mean the same on a DiT's blocks; the
 # others name UNet parts (input / middle / output, the style and composition SpatialTransformers).
 ORDER_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out")
@@ -111,7 +113,7 @@ def check_weight_type(weight_type: str) -> None:
 
 
 def check_dit_weight_type(weight_type: str, sites: Sequence[Site]) -> None:
-    """On a DiT's blocks (Flux) only the curve types apply: each block is one "layer", in the model's order (the
+    """On a DiT's blocks (Flux, SD3.5) only the curve types apply: each block is one "layer", in the model's order (the
     XLabs begin -> end ramps); the UNet types name parts a DiT does not have."""
     if weight_type not in ORDER_TYPES and any(s.block in DIT_BLOCKS for s in sites):
         raise InputError(f"input 'weight_type': '{weight_type}' names UNet layers (SD1.5 / SDXL); on this DiT "
@@ -166,7 +168,7 @@ def swapped_sites(weight_type: str, sites: Sequence[Site]) -> frozenset[int]:
     return frozenset(i for i, t in enumerate(transformer_indices(sites)) if (t in composition) == inside)
 
 
-_ENTRY = re.compile(r"^(?:(?P<t>\d+)|[Nn](?P<n>\d+)|(?P<block>input|middle|output|double|single)\.(?P<id>\d+)(?:\.(?P<index>\d+))?)"
+_ENTRY = re.compile(r"^(?:(?P<t>\d+)|[Nn](?P<n>\d+)|(?P<block>input|middle|output|double|single|joint)\.(?P<id>\d+)(?:\.(?P<index>\d+))?)"
                     r"\s*:\s*(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 _NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:[\s;]+[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)*$")
 _SYNTAX = ("entries 'target:value' separated by commas or new lines, where target is a SpatialTransformer index "

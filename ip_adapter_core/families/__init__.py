@@ -6,10 +6,13 @@ A family is data plus functions, all of them pure torch:
 - ``build_projection(spec)``: the projection module (uninitialised, built on meta and assigned the file's tensors);
 - ``encoder_need(spec)``: what its encoder stage must provide (:class:`EncoderNeed`: kind, output, width);
 - ``patch_path``: how the host layer patches a model for it ("attn2": UNet cross-attention replacement;
-  "blocks": DiT block patches, for Flux / SD3.5);
+  "blocks": DiT block patches, for Flux; "joint": SD3.5's MMDiT joint blocks);
 - ``load_model`` (optional): the loaded adapter module of a family whose per-site layers are not to_k_ip / to_v_ip
   (XLabs Flux); without it, projection.IPAdapterModel.from_parts;
-- ``site_blocks`` (DiT families): which blocks are its sites ("double" for XLabs Flux); () = the UNet's attn2 sites;
+- ``site_blocks`` (DiT families): which blocks are its sites ("double" for XLabs Flux, "joint" for SD3.5); () = the
+  UNet's attn2 sites;
+- ``step_projection``: the projection reads the model's timestep too (InstantX SD3.5), so embeds carry the encoder
+  features and the patch path projects them at every model call;
 - ``presets``: its unified-loader presets.
 Families that are recognised but not implemented yet (Kolors FaceID) register with ``implemented=False``:
 their ``detect`` raises UnsupportedAdapterError with what to use instead, so a user is told what the file is.

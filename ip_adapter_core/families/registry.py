@@ -69,9 +69,12 @@ class Family:
     # load_model(spec, image_proj, ip_adapter, name=...) -> the loaded adapter module, for families whose layers are
     # not to_k_ip / to_v_ip per site (XLabs Flux: biased K/V per double block); None: projection.IPAdapterModel.from_parts.
     load_model: Callable[..., nn.Module] | None = None
-    # DiT families ("blocks" path): the kinds of block that are their sites, in the model's order ("double",
-    # "single": Flux); () = the UNet's attn2 sites.
+    # DiT families ("blocks" / "joint" paths): the kinds of block that are their sites, in the model's order
+    # ("double", "single": Flux; "joint": SD3.5's MMDiT); () = the UNet's attn2 sites.
     site_blocks: tuple[str, ...] = ()
+    # True where the projection also reads the model's timestep (InstantX SD3.5's time resampler): its embeds
+    # (ImageTokens) then carry the encoder features, and the patch path projects them at every model call.
+    step_projection: bool = False
     # "blocks" path: where the term goes: "after" the block's image output (XLabs), or "inside" the block's
     # attention output, before its out-projection (InstantX Flux)
     block_term: str = "after"

@@ -12,6 +12,8 @@ qk-norm; no text key takes part. The host adds s * term to the x part of the joi
 x_block.attn.proj and gate_msa (the reference's s is 0.5). Tokens, temb and so every block's K_ip / V_ip change with
 sigma: nothing per block can be cached across steps. ComfyUI's attention sees q and k after its RMSNorms ln_q /
 ln_k; :func:`recover_raw_normed` turns them into the adapter's norms exactly (:func:`joint_image_term` does it all).
+Host side: patch path "joint" (nodes/patch/joint.py); ``step_projection``: IPA_EMBEDS carry the SigLIP features (the
+uncond: zeros), projected at every model call.
 
 The file: ``ip-adapter.bin`` ({"image_proj": ..., "ip_adapter": ...}) or flat safetensors with those prefixes;
 ip_adapter keys ``{i}.norm_ip.linear.*``, ``{i}.to_{k,v}_ip.weight``, ``{i}.norm_{q,k,ip_k}.weight``.
@@ -267,5 +269,5 @@ class InstantXSD3Model(nn.Module):
 
 
 FAMILY = register(Family(name=NAME, label="InstantX SD3.5 adapters", claims=claims, detect=detect,
-                         build_projection=build_projection, encoder_need=encoder_need, patch_path="blocks",
-                         load_model=InstantXSD3Model.from_parts, site_blocks=("joint",)))
+                         build_projection=build_projection, encoder_need=encoder_need, patch_path="joint",
+                         load_model=InstantXSD3Model.from_parts, site_blocks=("joint",), step_projection=True))

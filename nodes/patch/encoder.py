@@ -57,7 +57,12 @@ class ClipVisionStage:
     def zero_features(self, adapter: LoadedAdapter, encoder: Any) -> tuple[torch.Tensor, bool]:
         """The reference uncond's features and whether they depend on the encoder: the zero embedding for base
         adapters (no), the encoder run on an all-zero normalised image for plus / full face (yes); the encoder run on
-        a black image (yes) for the families whose reference says so (EncoderNeed.uncond: XLabs Flux)."""
+        a black image (yes) for the families whose reference says so (EncoderNeed.uncond: XLabs Flux); all-zero
+        penultimate states (1, N, E), no encoder run (N is the encoder's: yes), for "zero features" (InstantX SD3.5)."""
+        if families.encoder_need(adapter.spec).uncond == "zero features":
+            from .host import clip_vision_tokens
+
+            return torch.zeros(1, clip_vision_tokens(encoder), adapter.spec.encoder_dim), True
         if families.encoder_need(adapter.spec).uncond == "black image":
             size = self.image_size(encoder)
             return self.features(adapter, encoder, torch.zeros(1, size, size, 3)), True
@@ -132,13 +137,14 @@ def encode(adapter: LoadedAdapter, encoder: Any, image: torch.Tensor, *, where: 
 def project_images(stage: Any, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor, batch_size: int,
                    device: torch.device, *, enhance: tuple[int, float] | None = None,
                    where: str = "") -> torch.Tensor:
-    """images: (B, H, W, 3) -> tokens (B, T, C) float32 on the CPU, encoded in chunks of ``batch_size`` (0 = all);
-    with ``enhance`` = (tiles > 1, ratio) the features are encode()'s enhanced ones (2 sets for one image)."""
+    """images: (B, H, W, 3) -> tokens (B, T, C) float32 on the CPU (features, for the families that project at every
+    step: :func:`project_features`), encoded in chunks of ``batch_size`` (0 = all); with ``enhance`` = (tiles > 1,
+    ratio) the features are encode()'s enhanced ones (2 sets for one image)."""
     def chunks(batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return batch.split(batch_size) if batch_size > 0 else (batch,)
 
     def project(features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([adapter.model.project(f.to(device)).float().cpu() for f in chunks(features)])
+        return torch.cat([project_features(adapter, f, device) for f in chunks(features)])
 
     if enhance is None or enhance[0] <= 1:
         return torch.cat([project(stage.features(adapter, encoder, c)) for c in chunks(images)])
@@ -150,6 +156,15 @@ def project_images(stage: Any, adapter: LoadedAdapter, encoder: Any, images: tor
     return project(enhanced(whole, pooled, ratio))
 
 
+def project_features(adapter: LoadedAdapter, features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """features -> the adapter's tokens, float32 on the CPU; for a family that projects at every model call
+    (Family.step_projection: InstantX SD3.5, whose projection reads the timestep) the features themselves, which its
+    ImageTokens carry (ip_adapter_core.embeds)."""
+    if families.family_of(adapter.spec).step_projection:
+        return features.float().cpu()
+    return adapter.model.project(features.to(device)).float().cpu()
+
+
 def reference_uncond(stage: Any, adapter: LoadedAdapter, encoder: Any, device: torch.device) -> torch.Tensor:
     """The reference uncond tokens (1, T, C), kept per adapter (and per encoder where they depend on it)."""
     hit = _base_uncond.get(adapter)
@@ -158,7 +173,7 @@ def reference_uncond(stage: Any, adapter: LoadedAdapter, encoder: Any, device: t
         hit = None if per_encoder is None else per_encoder.get(encoder)
     if hit is None:
         features, by_encoder = stage.zero_features(adapter, encoder)
-        hit = adapter.model.project(features.to(device)).float().cpu()
+        hit = project_features(adapter, features, device)
         if by_encoder:
             _encoder_uncond.setdefault(adapter, weakref.WeakKeyDictionary())[encoder] = hit
         else:

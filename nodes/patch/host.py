@@ -97,12 +97,14 @@ def model_sites(model_patcher: Any) -> list[Site]:
                             if getattr(tb, "attn2", None) is not None)
 
 
-DIT_BLOCKS = {"double": "double_blocks", "single": "single_blocks"}  # Site.block -> the DiT's list of blocks
+# Site.block -> the DiT's list of blocks: Flux's double / single blocks, SD3.5's MMDiT joint blocks
+DIT_BLOCKS = {"double": "double_blocks", "single": "single_blocks", "joint": "joint_blocks"}
 
 
 def dit_sites(model_patcher: Any, kinds: tuple[str, ...]) -> list[Site]:
-    """The blocks of the given kinds ("double", "single": Flux) of a DiT as sites (block, index, 0, hidden), kind by
-    kind in the model's order; [] for models without them (UNets)."""
+    """The blocks of the given kinds ("double", "single": Flux; "joint": SD3's MMDiT) of a DiT as sites (block, index,
+    0, hidden), kind by kind in the model's order; [] for models without them (UNets). hidden: the DiT's width
+    (``hidden_size``: Flux's, or the MMDiT's 64 * depth, 2432 for SD3.5-Large)."""
     dm = model_patcher.get_model_object("diffusion_model")
     hidden = getattr(dm, "hidden_size", None)
     if hidden is None:
@@ -118,8 +120,12 @@ def family_sites(model_patcher: Any, family: Any) -> list[Site]:
 
 
 def model_context_dim(model_patcher: Any) -> int | None:
-    """Width of the text context the model reads (768 SD1.5, 2048 SDXL; a Flux DiT's text input, 4096), or None."""
+    """Width of the text context the model reads (768 SD1.5, 2048 SDXL; a Flux DiT's text input, 4096), or None.
+    An MMDiT (SD3): the width of the context stream its joint attention reads, after context_embedder: its hidden
+    width (2432 for SD3.5-Large), which InstantX SD3.5's tokens have."""
     dm = model_patcher.get_model_object("diffusion_model")
+    if getattr(dm, "joint_blocks", None) is not None and getattr(dm, "hidden_size", None) is not None:
+        return int(dm.hidden_size)
     txt_in = getattr(dm, "txt_in", None)
     if isinstance(getattr(txt_in, "weight", None), torch.Tensor):
         return int(txt_in.weight.shape[1])
@@ -148,9 +154,10 @@ class EncoderDims:
 def clip_vision_dims(clip_vision: Any) -> EncoderDims:
     """Widths of a CLIP_VISION without running it."""
     model = clip_vision.model
-    proj = getattr(model, "visual_projection", None)
+    # no projection: a lambda (0.3.64) or torch.nn.Identity (0.33) for SigLIP, which has no weight
+    weight = getattr(getattr(model, "visual_projection", None), "weight", None)
     emb = model.vision_model.embeddings.patch_embedding.weight
-    projection = int(proj.weight.shape[0]) if isinstance(proj, torch.nn.Module) else None
+    projection = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else None
     return EncoderDims(hidden=int(emb.shape[0]), projection=projection, image_size=int(clip_vision.image_size))
 
 
@@ -200,6 +207,12 @@ def siglip_head(clip_vision: Any, *, where: str) -> torch.nn.Module:
         raise InputError(f"{where}, input 'clip_vision': {e}") from None
     _siglip_heads[clip_vision] = head
     return head
+
+
+def clip_vision_tokens(clip_vision: Any) -> int:
+    """The number of tokens in a CLIP_VISION's hidden states (patches, plus the class token of CLIP; SigLIP 384: 729),
+    from its position embedding, without running it."""
+    return int(clip_vision.model.vision_model.embeddings.position_embedding.weight.shape[0])
 
 
 def encode_images(clip_vision: Any, images: torch.Tensor, output: str) -> torch.Tensor:

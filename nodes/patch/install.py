@@ -4,8 +4,9 @@ An apply node reads its inputs and calls :func:`plan_for` (the controls validate
 before any image is encoded), gets its image tokens (encoder.py), and calls :func:`install`, which checks that the
 tokens were made by the adapter, converts the start/end fractions to sigmas, builds the run (run.py) and hands it to the
 patch path of the adapter's family (``Family.patch_path``): "attn2" = UNet cross-attention replacement (attn2.py),
-"blocks" = DiT block patches (blocks.py: Flux double blocks). The sites are the family's (host.family_sites: the
-UNet's attn2 sites, or the DiT blocks of the family's ``site_blocks``).
+"blocks" = DiT block patches (blocks.py: Flux double / single blocks), "joint" = SD3.5's MMDiT joint blocks (joint.py).
+The sites are the family's (host.family_sites: the UNet's attn2 sites, or the DiT blocks of the family's
+``site_blocks``). A path may also check the model itself at plan time (``check_model(model, adapter, where=...)``).
 :func:`reweight` goes over every path, and over the applies recorded as silent (weight 0 everywhere: no patch).
 """
 from __future__ import annotations
@@ -17,12 +18,12 @@ from ...ip_adapter_core.compat import check_model
 from ...ip_adapter_core.embeds import ImageTokens
 from ...ip_adapter_core.errors import IncompatibleError
 from ...ip_adapter_core.plan import ApplyPlan, make_plan
-from . import attn2, blocks
+from . import attn2, blocks, joint
 from .lora import add_adapter_lora
 from .host import LoadedAdapter, family_sites, model_context_dim, percent_to_sigma
 from .run import AdapterRun
 
-PATHS = {"attn2": attn2, "blocks": blocks}  # Family.patch_path -> the module with install(m, run, sites) and reweight(m, scaled)
+PATHS = {"attn2": attn2, "blocks": blocks, "joint": joint}  # Family.patch_path -> the module with install(m, run, sites) and reweight(m, scaled)
 SILENT_RUNS = "ipa_silent_runs"
 
 
@@ -44,6 +45,9 @@ def plan_for(model: Any, adapter: LoadedAdapter, *, where: str, **controls: Any)
     path = _path(adapter, where)
     sites = family_sites(model, families.family_of(adapter.spec))
     check_model(adapter.spec, sites, model_context_dim(model), adapter_name=adapter.name, where=f"{where}, input 'model'")
+    check_host = getattr(path, "check_model", None)  # what the path needs of the model's own layers (joint.py's norms)
+    if check_host is not None:
+        check_host(model, adapter, where=f"{where}, input 'model'")
     plan = make_plan(sites, where=where, **controls)
     check_plan = getattr(path, "check_plan", None)  # what a path cannot do yet, refused by name
     if check_plan is not None:

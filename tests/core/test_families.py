@@ -60,7 +60,7 @@ def test_built_in_families_and_their_order():
     # narrower signatures first; XLabs Flux's (double_blocks.* keys) overlaps none of the others
     assert names == ["instantx-flux", "kolors-faceid", "instantx-sd3", "faceid", "sd-unet", "xlabs-flux"], names
     assert [f.implemented for f in families.registered()] == [True, False, True, True, True, True]
-    assert families.get("sd-unet").patch_path == "attn2" and families.get("instantx-sd3").patch_path == "blocks"
+    assert families.get("sd-unet").patch_path == "attn2" and families.get("instantx-sd3").patch_path == "joint"
     assert families.get("faceid").patch_path == "attn2" and families.get("xlabs-flux").patch_path == "blocks"
 
 

@@ -52,7 +52,8 @@ def test_tiny_files_detect(tmp_path, filename):
     assert spec.describe() == ("InstantX SD3.5, SD3.5-Large, 8 tokens, needs a SigLIP vision model with 24-wide "
                                "hidden states")
     family = families.family_of(spec)
-    assert (family.patch_path, family.site_blocks, family.implemented, family.presets) == ("blocks", ("joint",), True, {})
+    assert (family.patch_path, family.site_blocks, family.implemented, family.presets) == ("joint", ("joint",), True, {})
+    assert family.step_projection  # its embeds carry the SigLIP features: the resampler reads the step
     assert family.load_model == InstantXSD3Model.from_parts
 
 
@@ -247,3 +248,43 @@ def test_image_term_attends_over_image_keys_and_ip_keys_only():
     _close(joint_image_term(*flat, k_ip, v_ip, txt_len=l_txt, ratio_q=ones, ratio_k=ones), want)
     with pytest.raises(ValueError, match="do not fit"):
         sd3_image_term(q, k, v, k_ip[:, :1], v_ip[:, :1])
+
+
+def test_joint_blocks_weigh_like_the_other_dit_blocks():
+    """Each joint block is one "layer": the curve types ramp over them, layer weights address them by index or key
+    (``joint.i``), the UNet types are refused."""
+    from ip_adapter_core.errors import InputError
+    from ip_adapter_core.sites import Site
+    from ip_adapter_core.weighting import parse_layer_weights, site_weights
+
+    sites = [Site("joint", i, 0, 128) for i in range(4)]
+    assert site_weights("linear", sites, weight=0.5) == (0.5,) * 4
+    ramp = site_weights("ease out", sites, weight=1.0)
+    assert list(ramp) == sorted(ramp) and ramp[0] < ramp[-1]
+    assert parse_layer_weights("joint.2:0.5, 0:1", sites) == (1.0, 0.0, 0.5, 0.0)
+    assert parse_layer_weights("1, 0.9, 0.8, 0.7", sites) == (1.0, 0.9, 0.8, 0.7)
+    with pytest.raises(InputError, match="'style transfer' names UNet layers"):
+        site_weights("style transfer", sites, weight=1.0)
+
+
+def test_sd35_embeds_carry_features_and_are_checked_by_width(tmp_path):
+    """The resampler reads the step, so SD3.5's ImageTokens hold the encoder features (E wide, spec.encoder_dim),
+    not tokens; check_fits and the embeds file take that width and refuse the token width."""
+    from ip_adapter_core.embeds import ImageTokens, carries_features, payload_width
+    from ip_adapter_core.embeds_io import from_safetensors_dict, to_safetensors_dict
+    from ip_adapter_core.errors import CorruptFileError, IncompatibleError
+
+    spec = spec_of(write_sd3(tmp_path / "ip-adapter.safetensors"))
+    assert carries_features(spec) and payload_width(spec) == TINY["enc"] != spec.cross_attention_dim
+    features = ImageTokens(cond=torch.randn(1, 6, TINY["enc"]), uncond=torch.zeros(1, 6, TINY["enc"]), spec=spec,
+                           adapter_id="a", adapter_name="x")
+    features.check_fits(spec, "a", "x", where="t")
+    loaded = from_safetensors_dict(*to_safetensors_dict(features), name="f.safetensors")
+    assert torch.equal(loaded.cond, features.cond) and loaded.spec == spec
+    tokens = ImageTokens(cond=torch.randn(1, 8, spec.cross_attention_dim),
+                         uncond=torch.zeros(1, 8, spec.cross_attention_dim), spec=spec, adapter_id="a",
+                         adapter_name="x")
+    with pytest.raises(IncompatibleError, match=r"reads encoder features \(N, T, 24\)"):
+        tokens.check_fits(spec, "a", "x", where="t")
+    with pytest.raises(CorruptFileError, match=r"expected \(N, T, 24\)"):
+        from_safetensors_dict(*to_safetensors_dict(tokens), name="f.safetensors")

@@ -187,9 +187,10 @@ def test_uncond_term_off_leaves_the_negative_pass_unpatched(flux, xlabs, embeds,
     assert torch.equal(off[1], on[1])
 
 
-def test_an_sd35_adapter_is_described_then_refused_by_name(ipadapter_dir, sd15, cv, make_image, run_node):
-    """InstantX SD3.5 files are recognised (IPA Load Adapter says what they are) but this version cannot apply them:
-    encoding or applying one names the family, before anything runs (no Python error from a missing path)."""
+def test_an_sd35_adapter_is_described_then_refused_on_a_unet_by_name(ipadapter_dir, sd15, cv, make_image, run_node):
+    """InstantX SD3.5 files are recognised (IPA Load Adapter says what they are) and apply to SD3.5 models
+    (tests/host/test_oracle_sd3.py); applying one to an SD1.5 model names the family and the model it needs, before
+    anything is encoded (no Python error from a missing path)."""
     from testkit.sd3_adapters import write_sd3
 
     sub = ipadapter_dir / "sd35"
@@ -198,8 +199,7 @@ def test_an_sd35_adapter_is_described_then_refused_by_name(ipadapter_dir, sd15, 
     out = run_node("IPA_ModelLoader", ipadapter_file="sd35/ip-adapter_sd35_tiny.safetensors")
     adapter = out["result"][0]
     assert "InstantX SD3.5" in " ".join(out["ui"]["text"])
-    for node, kw in (("IPA_Encode", dict(ipadapter=adapter, clip_vision=cv, image=make_image(1))),
-                     ("IPA_Apply", dict(model=sd15, ipadapter=adapter, clip_vision=cv, image=make_image(1),
-                                        weight=1.0, start_at=0.0, end_at=1.0))):
-        with pytest.raises(Exception, match=r"InstantX SD3.5 adapters .*recognises it but cannot apply it yet"):
-            run_node(node, **kw)
+    with pytest.raises(Exception, match=r"InstantX SD3.5.*for SD3.5-Large models, but this model has no "
+                                        r"SD3.5-Large blocks"):
+        run_node("IPA_Apply", model=sd15, ipadapter=adapter, clip_vision=cv, image=make_image(1), weight=1.0,
+                 start_at=0.0, end_at=1.0)
