@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from testkit.flux_adapters import save_xlabs, xlabs_state_dict
+from testkit.flux_standins import comfy_flux_model
 from testkit.instantx_flux_adapters import instantx_parts
 from testkit.adapters import save_adapter
 
@@ -41,15 +42,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def build_flux(double_blocks: int, single_blocks: int, dtype: torch.dtype) -> Any:
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.supported_models
 
     config = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=VEC, context_in_dim=CONTEXT,
                   hidden_size=HIDDEN, mlp_ratio=4.0, num_heads=HEADS, depth=double_blocks,
                   depth_single_blocks=single_blocks, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True,
                   guidance_embed=True)
-    model_config = comfy.supported_models.Flux(config)
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({})
+    model = comfy_flux_model(config, dtype=dtype)
     randomise(model.diffusion_model)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())

@@ -2,8 +2,10 @@
 
 Every file of the ``ipadapter`` and ``clip_vision`` folders (extra_model_paths.yaml included) is identified from its
 tensor header (ip_adapter_core.scan, cached by path + size + modification time); file names never decide what a file
-is. The preset and the MODEL's cross-attention layout decide which adapters fit; the encoder is the file whose widths
-give what that adapter reads.
+is. The preset and the MODEL's layout decide which adapters fit: each adapter is checked against the sites of its own
+family on the model (host.family_sites: the UNet's cross-attention layers, or Flux's blocks), and a preset made for
+another kind of model (an SD preset on Flux, a Flux preset on an SD model) is refused by name first. The encoder is
+the file whose widths give what that adapter reads (for SigLIP's pooled output: a SigLIP file with its pooling head).
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import os
 
 import folder_paths
 
+from ..ip_adapter_core import families
 from ..ip_adapter_core.checkpoint import file_key
 from ..ip_adapter_core.compat import check_model
 from ..ip_adapter_core.errors import IncompatibleError, InputError
-from ..ip_adapter_core.scan import PRESETS, Found, choose, scan_adapter, scan_clip_vision
+from ..ip_adapter_core.scan import (PRESETS, Found, check_preset_for_model, choose, family_bases, scan_adapter,
+                                    scan_clip_vision)
 from ..ip_adapter_core.spec import FAMILY_BY_CONTEXT_DIM, FAMILY_LABEL, AdapterSpec
 from .common import ADAPTER, CATEGORY, reports
 from .folders import CLIP_FOLDER, FOLDER
-from .patch.host import load_adapter, load_clip_vision, model_context_dim, model_sites
+from .patch.host import dit_sites, family_sites, load_adapter, load_clip_vision, model_context_dim, model_sites
 
 AUTO = "auto"
 
@@ -27,6 +31,17 @@ AUTO = "auto"
 def _family_label(ctx: int | None) -> str:
     fam = FAMILY_BY_CONTEXT_DIM.get(ctx) if ctx else None
     return FAMILY_LABEL[fam] if fam else f"context width {ctx}"
+
+
+def _model_kind(model) -> tuple[str, str | None]:
+    """(label for messages, base model family for the suggestions: "sd15", "sdxl", "flux" or None)."""
+    sites, ctx = model_sites(model), model_context_dim(model)
+    if sites:
+        return f"{_family_label(ctx)}, {len(sites)} cross-attention layers", FAMILY_BY_CONTEXT_DIM.get(ctx)
+    double, single = (len(dit_sites(model, (kind,))) for kind in ("double", "single"))
+    if double:
+        return f"Flux, {double} double + {single} single blocks", "flux"
+    return "a model without UNet cross-attention layers or Flux blocks", None
 
 
 def _files(folder_name: str) -> list[tuple[str, str]]:
@@ -87,14 +102,17 @@ class IPAUnifiedLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The SD1.5 or SDXL model the adapter is for; passed through unchanged."}),
+                "model": ("MODEL", {"tooltip": "The SD1.5, SDXL or Flux model the adapter is for; passed through "
+                                               "unchanged."}),
                 "preset": (list(PRESETS), {
                     "default": "standard",
                     "tooltip": "Which kind of adapter: standard (base, ViT-H), light (SD1.5), vit-G (base, ViT-bigG), "
                                "plus, plus face, full face (SD1.5), composition, or any (whatever fits); FaceID, "
                                "FaceID Plus (v1, SD1.5), FaceID Plus v2, FaceID portrait, FaceID portrait unnorm "
                                "(SDXL): these need 'IPA Load Face Models' too, and only Plus gets a CLIP vision. "
-                               "Files are recognised by their tensors; the help page says how ties are broken."}),
+                               "Flux: FLUX XLabs v2 / v1 (CLIP ViT-L), FLUX InstantX (SigLIP so400m, the full file "
+                               "with its pooling head). Files are recognised by their tensors; the help page says how "
+                               "ties are broken."}),
             },
             "optional": {
                 "ipadapter_file": ([AUTO] + folder_paths.get_filename_list(FOLDER), {
@@ -116,27 +134,34 @@ class IPAUnifiedLoader:
     def load(self, model, preset: str, ipadapter_file: str = AUTO, clip_vision_file: str = AUTO):
         if preset not in PRESETS:
             raise InputError(f"input 'preset': '{preset}' is not one of {list(PRESETS)}.")
-        sites, ctx = model_sites(model), model_context_dim(model)
-        model_label = f"{_family_label(ctx)}, {len(sites)} cross-attention layers" if sites else "no UNet cross-attention"
+        ctx = model_context_dim(model)
+        model_label, model_family = _model_kind(model)
 
         def fits_model(spec: AdapterSpec) -> str | None:
+            family = families.family_of(spec)
+            sites = family_sites(model, family)  # the UNet's cross-attention layers, or the family's DiT blocks
             try:
                 check_model(spec, sites, ctx, adapter_name="", where="")
             except IncompatibleError:
                 if not sites:
-                    return "the model has no UNet cross-attention layers"
+                    return (f"for {family_bases(family)} models, but the model has no {family_bases(family)} blocks"
+                            if family.site_blocks else "the model has no UNet cross-attention layers")
                 if ctx != spec.cross_attention_dim:
                     return f"for {_family_label(spec.cross_attention_dim)}, but the model is {_family_label(ctx)}"
-                return f"its {spec.num_sites} layers do not match the model's {len(sites)}"
+                what = "blocks" if family.site_blocks else "layers"
+                return f"its {spec.num_sites} {what} do not match the model's {len(sites)}"
             return None
 
         pinned = ipadapter_file not in (None, "", AUTO)
+        if not pinned:  # a preset for another kind of model (an SD preset on Flux, a Flux one on SD) is named first
+            check_preset_for_model(preset, [f.name for f in families.registered()
+                                            if f.presets and family_sites(model, f)], model_label)
         adapters = (_pinned(FOLDER, ipadapter_file, scan_adapter, "ipadapter_file") if pinned
                     else _found(FOLDER, scan_adapter))
         encoders = (_found(CLIP_FOLDER, scan_clip_vision) if clip_vision_file in (None, "", AUTO)
                     else _pinned(CLIP_FOLDER, clip_vision_file, scan_clip_vision, "clip_vision_file"))
         choice = choose(preset, adapters, encoders, fits_model=fits_model, model_label=model_label,
-                        family=FAMILY_BY_CONTEXT_DIM.get(ctx), pinned=pinned,
+                        family=model_family, pinned=pinned,
                         adapter_folders=folder_paths.get_folder_paths(FOLDER),
                         encoder_folders=folder_paths.get_folder_paths(CLIP_FOLDER))
         adapter = load_adapter(choice.adapter.path)

@@ -14,8 +14,9 @@ The pictures they produce are noise-like and mean nothing.
     models/ipadapter/ipa_standin_plus_sd15.safetensors    plus adapter (resampler over the 64-wide hidden states)
     the FaceID adapters and face models of testkit/faceid_standins.py, where the onnx package is importable
     the Flux stand-ins of testkit/flux_standins.py (a tiny Flux, its text encoders and 16-channel VAE in
-    diffusion_models/, text_encoders/, vae/; an XLabs adapter in ipadapter/), loaded with the test-only
-    IPATest_UNETLoaderJSON / IPATest_DualCLIPLoaderJSON (ComfyUI's detection only knows the full-size Flux)
+    diffusion_models/, text_encoders/, vae/; an XLabs and an InstantX adapter in ipadapter/; a tiny SigLIP with
+    its pooling head and one without in clip_vision/), loaded with the test-only IPATest_UNETLoaderJSON /
+    IPATest_DualCLIPLoaderJSON / IPATest_CLIPVisionLoaderJSON (ComfyUI's detection only knows full-size models)
 
 Files that exist and are listed in the manifest with the current VERSION and the hash of the code that wrote them
 (this module, testkit/adapters.py and the modules in faceid_standins.SOURCES / flux_standins.SOURCES), with their
@@ -60,6 +61,9 @@ PRODUCES.update(faces.PRODUCES)
 FILES.update(flux.FILES)
 PRODUCES.update(flux.PRODUCES)
 ADAPTER_XLABS = flux.ADAPTER
+ADAPTER_INSTANTX = flux.ADAPTER_INSTANTX
+SIGLIP = flux.SIGLIP
+SIGLIP_HEADLESS = flux.SIGLIP_HEADLESS
 
 
 def _wanted() -> dict[str, tuple[str, ...]]:
@@ -114,7 +118,7 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
         if not todo:
             log(f"stand-ins up to date in {base}")
             return paths(base)
-        if {"checkpoint", "clip_vision", "flux"} & set(todo):
+        if {"checkpoint", "clip_vision", *flux.NEEDS_COMFY} & set(todo):
             _import_comfy(comfyui)
         makers = {"checkpoint": _make_checkpoint, "clip_vision": _make_clip_vision, "adapter": _make_adapter,
                   "adapter_plus": _make_adapter_plus,
@@ -126,7 +130,10 @@ def ensure(models_dir: str | None = None, *, comfyui: str | None = None, force: 
                                                    randomise=_randomise),
                   "adapter_xlabs": lambda b: flux.make_adapter(b, seed=SEED + 6,
                                                                encoder_dim=CLIP_VISION_CONFIG["projection_dim"],
-                                                               save=_save_tensors)}
+                                                               save=_save_tensors),
+                  "siglip": lambda b: flux.make_siglip(b, seed=SEED + 7, save=_save_tensors,
+                                                       write_json=flux.write_json, randomise=_randomise),
+                  "adapter_instantx": lambda b: flux.make_instantx_adapter(b, seed=SEED + 9, save=_save_tensors)}
         for name in todo:
             t0 = time.time()
             makers[name](base)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .flux_adapters import diffusers_tiny_flux, flux_ids
+from .flux_standins import comfy_flux_model
 
 HIDDEN, HEADS, CONTEXT, VEC = 128, 2, 64, 32
 AXES = (16, 24, 24)  # sums to the head width, 64
@@ -33,7 +34,6 @@ def build_tiny_flux(*, double_blocks: int = 2, single_blocks: int = 1, seed: int
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.supported_models
 
     reference = diffusers_tiny_flux(num_layers=double_blocks, num_single_layers=single_blocks, heads=HEADS,
                                     head_dim=HIDDEN // HEADS, joint_attention_dim=CONTEXT, pooled_projection_dim=VEC,
@@ -50,9 +50,7 @@ def build_tiny_flux(*, double_blocks: int = 2, single_blocks: int = 1, seed: int
                   hidden_size=HIDDEN, mlp_ratio=4.0, num_heads=HEADS, depth=double_blocks,
                   depth_single_blocks=single_blocks, axes_dim=list(AXES), theta=10000, patch_size=2, qkv_bias=True,
                   guidance_embed=True)
-    model_config = comfy.supported_models.Flux(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
+    model = comfy_flux_model(config)
     state = comfy.model_detection.convert_diffusers_mmdit(dict(reference.state_dict()), "")  # it pops: a copy
     model.diffusion_model.load_state_dict(state, strict=True)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),

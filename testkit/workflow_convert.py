@@ -244,14 +244,24 @@ def is_flux(api: dict) -> bool:
 
 
 def standin_adapter(name: str, *, flux: bool = False) -> str:
-    """The stand-in for an adapter file name of a workflow: XLabs Flux (a name with "flux" or "xlabs", or any adapter
-    of a Flux graph), FaceID by the published names, plus, else the base one."""
+    """The stand-in for an adapter file name of a workflow. A Flux adapter (any adapter of a Flux graph, or a name
+    with "flux" or "xlabs"): InstantX when the name says "instantx" or is a ``.bin`` (InstantX publishes its Flux
+    adapter as ip-adapter.bin; XLabs publishes .safetensors only), else XLabs. Otherwise FaceID by the published
+    names, plus, else the base one."""
     low = name.lower()
     if flux or "flux" in low or "xlabs" in low:
+        if "instantx" in low or low.endswith(".bin"):
+            return standins.ADAPTER_INSTANTX
         return standins.ADAPTER_XLABS
     if "faceid" in low:
         return faceid_standins.adapter_for(name)
     return standins.ADAPTER_PLUS if "plus" in low else standins.ADAPTER
+
+
+def standin_clip_vision(name: str) -> str:
+    """The stand-in for a CLIP vision file name of a workflow: the tiny SigLIP (with its pooling head) for a name
+    with "siglip", else the tiny CLIP vision."""
+    return standins.SIGLIP if "siglip" in name.lower() else standins.CLIP_VISION
 
 
 def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_vision: bool = True) -> dict:
@@ -260,7 +270,9 @@ def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_v
     replaced by the test helper node that reads the .json config, latents shrunk to ``size`` px and samplers cut to
     ``max_steps`` steps. A Flux graph (:func:`is_flux`) gets the Flux stand-ins (testkit/flux_standins.py):
     UNETLoader and DualCLIPLoader replaced by the test helper nodes that read their .json configs (same inputs),
-    VAELoader's file and every adapter swapped (the XLabs stand-in)."""
+    VAELoader's file and every adapter swapped (the InstantX stand-in for an InstantX-looking name, else the XLabs
+    one: :func:`standin_adapter`). A CLIP vision file named like SigLIP ("siglip") becomes the tiny SigLIP
+    stand-in, which holds its pooling head (:func:`standin_clip_vision`)."""
     out = copy.deepcopy(api)
     flux = is_flux(out)
     for node in out.values():
@@ -268,7 +280,7 @@ def use_standins(api: dict, *, size: int = 64, max_steps: int = 3, helper_clip_v
         if ct == "CheckpointLoaderSimple":
             inp["ckpt_name"] = standins.CHECKPOINT
         elif ct == "CLIPVisionLoader":
-            inp["clip_name"] = standins.CLIP_VISION
+            inp["clip_name"] = standin_clip_vision(str(inp.get("clip_name", "")))
             if helper_clip_vision:
                 node["class_type"] = "IPATest_CLIPVisionLoaderJSON"
         elif ct in ("IPA_ModelLoader", "IPAdapterModelLoader"):  # this pack's loader, the old pack's ID

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..errors import NotAnIPAdapterError
 from ..projection import CastLinear, ImageProj
-from ..spec import AdapterSpec
-from .registry import EncoderNeed, Family, Tensors, register
+from ..spec import KIND_VERSION_BY_TOKENS, AdapterSpec
+from .registry import EncoderNeed, Family, Preset, Tensors, register
 
 NAME = "xlabs-flux"
 KIND = "xlabs"
@@ -178,6 +178,24 @@ class XLabsModel(nn.Module):
             return self.layers.kv(index, tokens)
 
 
+# ---------------------------------------------------------------------------------------------- presets
+
+def _version(version: str):
+    """Accepts the XLabs files of one published version (v1: 4 tokens, v2: 16 tokens; the tensors tell them apart)."""
+    return lambda spec: spec.kind == KIND and KIND_VERSION_BY_TOKENS[KIND].get(spec.num_tokens or 0) == version
+
+
+# The unified loader's Flux presets (appended to its combo after FaceID's): the file from its tensors, the encoder
+# CLIP ViT-L (768-wide image embeds). Both repositories name their file ip_adapter.safetensors.
+PRESETS: dict[str, Preset] = {
+    "FLUX XLabs v2": Preset("an XLabs Flux v2 adapter (16 tokens)", _version("v2"), "CLIP ViT-L",
+                            {"flux": "flux-ip-adapter-v2.safetensors (the ip_adapter.safetensors of "
+                                     "XLabs-AI/flux-ip-adapter-v2, renamed)"}),
+    "FLUX XLabs v1": Preset("an XLabs Flux v1 adapter (4 tokens)", _version("v1"), "CLIP ViT-L",
+                            {"flux": "flux-ip-adapter.safetensors (the ip_adapter.safetensors of "
+                                     "XLabs-AI/flux-ip-adapter, renamed)"}),
+}
+
 FAMILY = register(Family(name=NAME, label="XLabs Flux adapters", claims=claims, detect=detect,
                          build_projection=build_projection, encoder_need=encoder_need, patch_path="blocks",
-                         load_model=XLabsModel.from_parts, site_blocks=("double",)))
+                         presets=PRESETS, load_model=XLabsModel.from_parts, site_blocks=("double",)))

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import IncompatibleError, NotAnIPAdapterError
 from ..projection import CastLayerNorm, CastLinear
 from ..spec import AdapterSpec
-from .registry import EncoderNeed, Family, Tensors, register
+from .registry import EncoderNeed, Family, Preset, Tensors, register
 
 NAME = "instantx-flux"
 KIND = "instantx_flux"
@@ -218,7 +218,15 @@ class InstantXModel(nn.Module):
             return rms_heads(layer["to_k_ip"](tokens), d), rms_heads(layer["to_v_ip"](tokens), d)
 
 
+# The unified loader's preset (appended to its combo after the XLabs ones): the file from its tensors, the encoder a
+# SigLIP file that gives the pooled output (1152 wide, its pooling head in the file: the full model.safetensors).
+PRESETS: dict[str, Preset] = {
+    "FLUX InstantX": Preset("an InstantX Flux adapter", lambda spec: spec.kind == KIND, "SigLIP so400m",
+                            {"flux": "flux-ip-adapter-instantx.bin (the ip-adapter.bin of "
+                                     "InstantX/FLUX.1-dev-IP-Adapter, renamed)"}),
+}
+
 FAMILY = register(Family(name=NAME, label="InstantX Flux adapters", claims=claims, detect=detect,
                          build_projection=build_projection, encoder_need=encoder_need, patch_path="blocks",
-                         load_model=InstantXModel.from_parts, site_blocks=("double", "single"),
+                         presets=PRESETS, load_model=InstantXModel.from_parts, site_blocks=("double", "single"),
                          block_term="inside"), first=True)

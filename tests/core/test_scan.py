@@ -142,6 +142,60 @@ def test_clip_vision_from_header(tmp_path, layout, dims, want):
     assert enc.name == want[0]
 
 
+def siglip_shapes(hidden=1152, patch=14, positions=729, layers=27, intermediate=4304, head=True, text=True):
+    """The header of google/siglip-so400m-patch14-384's model.safetensors (defaults): transformers' SiglipModel,
+    vision tower (no class embedding, no projection; the pooling head vision_model.head.*) and text tower."""
+    s = {"vision_model.embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
+         "vision_model.embeddings.patch_embedding.bias": (hidden,),
+         "vision_model.embeddings.position_embedding.weight": (positions, hidden),
+         "vision_model.post_layernorm.weight": (hidden,), "vision_model.post_layernorm.bias": (hidden,)}
+    for i in range(layers):
+        s[f"vision_model.encoder.layers.{i}.layer_norm1.weight"] = (hidden,)
+        s[f"vision_model.encoder.layers.{i}.self_attn.q_proj.weight"] = (hidden, hidden)
+        s[f"vision_model.encoder.layers.{i}.mlp.fc1.weight"] = (intermediate, hidden)
+    if head:
+        s.update({"vision_model.head.probe": (1, 1, hidden),
+                  "vision_model.head.attention.in_proj_weight": (3 * hidden, hidden),
+                  "vision_model.head.attention.in_proj_bias": (3 * hidden,),
+                  "vision_model.head.attention.out_proj.weight": (hidden, hidden),
+                  "vision_model.head.layernorm.weight": (hidden,),
+                  "vision_model.head.mlp.fc1.weight": (intermediate, hidden),
+                  "vision_model.head.mlp.fc2.weight": (hidden, intermediate)})
+    if text:
+        s.update({"text_model.embeddings.token_embedding.weight": (32000, hidden),
+                  "text_model.encoder.layers.0.self_attn.q_proj.weight": (hidden, hidden),
+                  "text_model.head.weight": (hidden, hidden), "logit_scale": (1,), "logit_bias": (1,)})
+    return s
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["full file", "headless"])
+def test_siglip_so400m_from_header(tmp_path, head):
+    """SigLIP has no class token and no projection: 729 positions are its 27 x 27 patches (384 px in 14 px patches;
+    the last 6 px are dropped), not a class token plus 728. The pooling head is found in the full file."""
+    path = write_sparse_safetensors(tmp_path / "siglip.safetensors", siglip_shapes(head=head))
+    enc = scan.scan_clip_vision(path).encoder
+    assert (enc.kind, enc.hidden, enc.projection, enc.image_size, enc.patch, enc.layers) == ("siglip", 1152, None,
+                                                                                            384, 14, 27)
+    assert enc.pooling_head is head and enc.name == "SigLIP so400m"
+    assert ("no pooling head" in enc.describe()) is not head, enc.describe()
+
+
+def test_tiny_siglip_and_clip_vit_l_from_header(tmp_path):
+    tiny = scan.scan_clip_vision(write_sparse_safetensors(tmp_path / "t.safetensors",
+                                                          siglip_shapes(32, 8, 16, 2, 64, text=False))).encoder
+    assert (tiny.kind, tiny.hidden, tiny.image_size, tiny.pooling_head, tiny.name) == (
+        "siglip", 32, 32, True, "a SigLIP vision encoder")
+    # openai/clip-vit-large-patch14's model.safetensors (CLIPModel: the text tower too): 768 projection, 1024 hidden
+    vit_l = hf_clip_shapes(1024, 768, 14, 257, 24)
+    vit_l["text_model.embeddings.token_embedding.weight"] = (49408, 768)
+    enc = scan.scan_clip_vision(write_sparse_safetensors(tmp_path / "l.safetensors", vit_l)).encoder
+    assert (enc.kind, enc.name, enc.pooling_head) == ("clip", "CLIP ViT-L", False)
+    # a CLIP without a projection stays a CLIP (its class token: 257 positions)
+    enc = scan.scan_clip_vision(write_sparse_safetensors(tmp_path / "n.safetensors",
+                                                         hf_clip_shapes(1024, None, 14, 257, 2))).encoder
+    assert (enc.kind, enc.image_size) == ("clip", 224)
+
+
 def test_encoder_serves_by_width():
     h = scan.EncoderInfo(hidden=1280, projection=1024, image_size=224, patch=14, layers=32)
     g = scan.EncoderInfo(hidden=1664, projection=1280, image_size=224, patch=14, layers=48)
@@ -282,7 +336,127 @@ def test_any_takes_the_only_fitting_file_and_pinned_ignores_the_preset():
     assert got.adapter.name == "p.safetensors"
 
 
+# ---------------------------------------------------------------------------------------------- Flux presets
+
+def flux_files(tmp_path):
+    """Header-only adapters of the published shapes in one folder: XLabs v1 and v2 (CLIP ViT-L, 4096 context, 19
+    double blocks, 3072 hidden), InstantX (SigLIP so400m pooled, 128 tokens, 57 sites), an SD1.5 base adapter;
+    names chosen to mislead."""
+    from testkit.flux_adapters import xlabs_shapes
+    from testkit.instantx_flux_adapters import flat_shapes
+
+    files = {"xlabs-v2.safetensors": xlabs_shapes(tokens=4),  # named v2, is v1
+             "ip_adapter.safetensors": xlabs_shapes(tokens=16),
+             "ip-adapter.bin.safetensors": flat_shapes(),
+             "flux-instantx.safetensors": published_shapes("ip-adapter_sd15")}
+    tmp_path.mkdir(exist_ok=True)
+    found = []
+    for name, shapes in files.items():
+        path = write_sparse_safetensors(tmp_path / name, shapes)
+        found.append(scan.Found(name=name, folder=str(tmp_path), path=path, scan=scan.scan_adapter(path)))
+    return found
+
+
+def flux_encoders(tmp_path, *, headless_only=False):
+    vit_h = hf_clip_shapes(1280, 1024, 14, 257, 32)
+    vit_l = hf_clip_shapes(1024, 768, 14, 257, 24)
+    files = {"a_headless_siglip.safetensors": siglip_shapes(head=False), "model.safetensors": vit_l,
+             "vit-h.safetensors": vit_h}
+    if not headless_only:
+        files["z_siglip.safetensors"] = siglip_shapes()
+    tmp_path.mkdir(exist_ok=True)
+    found = []
+    for name, shapes in files.items():
+        path = write_sparse_safetensors(tmp_path / name, shapes)
+        found.append(scan.Found(name=name, folder=str(tmp_path), path=path, scan=scan.scan_clip_vision(path)))
+    return found
+
+
+def flux_fits(spec):
+    """What the node's check gives on FLUX.1-dev: the Flux families' files fit, SD files do not."""
+    return None if spec.family == "flux" else "the model has no UNet cross-attention layers"
+
+
+def choose_flux(preset, ads, encs, **kw):
+    return scan.choose(preset, ads, encs, fits_model=flux_fits, model_label="Flux, 19 double + 38 single blocks",
+                       family="flux", adapter_folders=sorted({a.folder for a in ads}),
+                       encoder_folders=sorted({e.folder for e in encs}), **kw)
+
+
+@pytest.mark.parametrize("preset, adapter, encoder", [
+    ("FLUX XLabs v2", "ip_adapter.safetensors", "model.safetensors"),
+    ("FLUX XLabs v1", "xlabs-v2.safetensors", "model.safetensors"),
+    ("FLUX InstantX", "ip-adapter.bin.safetensors", "z_siglip.safetensors"),
+])
+def test_flux_presets_pick_the_adapter_and_its_encoder_by_content(tmp_path, preset, adapter, encoder):
+    """XLabs v1 / v2 by their token count with CLIP ViT-L's 768-wide image embeds; InstantX with the SigLIP file
+    that holds the pooling head (the headless one sorts first by name and is passed over)."""
+    ads, encs = flux_files(tmp_path / "ipadapter"), flux_encoders(tmp_path / "clip_vision")
+    got = choose_flux(preset, ads, encs)
+    assert (got.adapter.name, got.encoder.name, got.others) == (adapter, encoder, ())
+
+
+def test_instantx_with_only_a_headless_siglip_names_it(tmp_path):
+    ads, encs = flux_files(tmp_path / "ipadapter"), flux_encoders(tmp_path / "clip_vision", headless_only=True)
+    with pytest.raises(InputError) as e:
+        choose_flux("FLUX InstantX", ads, encs)
+    msg = str(e.value)
+    assert "no CLIP vision file gives its 1152-wide pooled output (SigLIP so400m (pooled))" in msg
+    assert "a_headless_siglip.safetensors: SigLIP without its pooling head (vision_model.head.*)" in msg
+    assert ("    a_headless_siglip.safetensors: SigLIP so400m (hidden 1152, no projection, 384 px, 27 layers, "
+            "no pooling head (vision_model.head.*): no pooled output)") in msg
+    assert ("put siglip-so400m-patch14-384.safetensors (the full model.safetensors of "
+            "google/siglip-so400m-patch14-384, with its pooling head, renamed) in") in msg
+    assert "put flux-ip-adapter-instantx.bin (the ip-adapter.bin of InstantX/FLUX.1-dev-IP-Adapter, renamed)" in msg
+
+
+def test_flux_nothing_fits_says_what_to_put_where(tmp_path):
+    ads = [a for a in flux_files(tmp_path / "ipadapter") if a.scan.spec.adapter_family != "xlabs-flux"]
+    with pytest.raises(InputError) as e:
+        choose_flux("FLUX XLabs v2", ads, flux_encoders(tmp_path / "clip_vision"))
+    msg = str(e.value)
+    assert msg.startswith("no adapter file fits preset 'FLUX XLabs v2' and this model (Flux, 19 double + 38 single")
+    assert "ip-adapter.bin.safetensors: InstantX Flux, Flux, 128 tokens" in msg and "not an XLabs Flux v2" in msg
+    assert ("Needed: an XLabs Flux v2 adapter (16 tokens) for Flux, e.g. put flux-ip-adapter-v2.safetensors (the "
+            "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter-v2, renamed) in") in msg
+    assert "its encoder CLIP ViT-L (e.g. put clip-vit-large-patch14.safetensors (the model.safetensors of" in msg
+
+
+def test_flux_presets_take_only_their_family():
+    from ip_adapter_core import families
+
+    for name in ("FLUX XLabs v2", "FLUX XLabs v1"):
+        assert scan.preset_family(name).name == "xlabs-flux"
+    assert scan.preset_family("FLUX InstantX").name == "instantx-flux"
+    assert scan.preset_family("any").name == "sd-unet" and scan.preset_family("faceid").name == "faceid"
+    table = families.presets()
+    sd = spec_of("ip-adapter_sd15")
+    assert not any(table[p].accepts(sd) for p in ("FLUX XLabs v2", "FLUX XLabs v1", "FLUX InstantX"))
+
+
+def test_a_preset_for_another_kind_of_model_is_refused_by_name():
+    """An SD preset on Flux, a Flux preset on an SD model: named, with what the model is and the presets it takes."""
+    scan.check_preset_for_model("FLUX InstantX", ["xlabs-flux", "instantx-flux"], "Flux, 19 double + 38 single blocks")
+    scan.check_preset_for_model("standard", ["sd-unet", "faceid"], "SD1.5, 16 cross-attention layers")
+    with pytest.raises(InputError) as e:
+        scan.check_preset_for_model("standard", ["xlabs-flux", "instantx-flux"], "Flux, 19 double + 38 single blocks")
+    assert str(e.value) == ("input 'preset': 'standard' is a preset for SD1.5 / SDXL models (a standard (base, ViT-H) "
+                            "adapter), but this model is Flux, 19 double + 38 single blocks; choose a preset for it: "
+                            "FLUX XLabs v2, FLUX XLabs v1, FLUX InstantX.")
+    with pytest.raises(InputError) as e:
+        scan.check_preset_for_model("FLUX XLabs v2", ["sd-unet", "faceid"], "SDXL, 70 cross-attention layers")
+    msg = str(e.value)
+    assert msg.startswith("input 'preset': 'FLUX XLabs v2' is a preset for Flux models (an XLabs Flux v2 adapter "
+                          "(16 tokens)), but this model is SDXL, 70 cross-attention layers; choose a preset for it: "
+                          "standard, light, vit-G,")
+    assert "faceid portrait unnorm." in msg and "FLUX" not in msg.split("choose", 1)[1]
+    with pytest.raises(InputError, match="'faceid' is a preset for SD1.5 / SDXL models .*no preset fits it"):
+        scan.check_preset_for_model("faceid", [], "a model without UNet cross-attention layers or Flux blocks")
+
+
 def test_presets_are_the_public_combo():
-    # the SD image adapters' presets keep their places; the FaceID family's are appended
+    # the SD image adapters' presets keep their places; the FaceID family's are appended, then the Flux families'
     assert list(scan.PRESETS) == ["standard", "light", "vit-G", "plus", "plus face", "full face", "composition", "any",
-                                  "faceid", "faceid plus", "faceid plus v2", "faceid portrait", "faceid portrait unnorm"]
+                                  "faceid", "faceid plus", "faceid plus v2", "faceid portrait",
+                                  "faceid portrait unnorm", "FLUX XLabs v2", "FLUX XLabs v1", "FLUX InstantX"]
+    assert list(scan.combo_presets()) == list(scan.PRESETS)

@@ -22,9 +22,15 @@ from testkit import workflow_convert as wc
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 SIMPLE = os.path.join(REPO, "example_workflows", "ipadapter_simple.json")
 FLUX = os.path.join(REPO, "example_workflows", "ipadapter_flux_xlabs.json")
-FLUX_FILES = [("diffusion_models", "flux1-dev.safetensors"), ("text_encoders", "clip_l.safetensors"),
-              ("text_encoders", "t5xxl_fp16.safetensors"), ("vae", "ae.safetensors"),
-              ("ipadapter", "flux-ip-adapter-v2.safetensors"), ("clip_vision", "clip-vit-large-patch14.safetensors")]
+INSTANTX = os.path.join(REPO, "example_workflows", "ipadapter_flux_instantx.json")
+FLUX_BASE_FILES = [("diffusion_models", "flux1-dev.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                   ("text_encoders", "t5xxl_fp16.safetensors"), ("vae", "ae.safetensors")]
+FLUX_FILES = {  # each Flux example: FLUX.1-dev's files, its adapter and its encoder
+    FLUX: FLUX_BASE_FILES + [("ipadapter", "flux-ip-adapter-v2.safetensors"),
+                             ("clip_vision", "clip-vit-large-patch14.safetensors")],
+    INSTANTX: FLUX_BASE_FILES + [("ipadapter", "flux-ip-adapter-instantx.bin"),
+                                 ("clip_vision", "siglip-so400m-patch14-384.safetensors")],
+}
 REFERENCE = os.path.join(REPO, "example_workflows", "ipadapter_reference.png")
 PACK_NODES = ("IPA_ModelLoader", "IPA_Encode", "IPA_Apply", "IPA_ApplySimple")
 # weight 1 vs weight 0 on the stand-ins: measured ~40 (0-255 scale); anything above 2 shows the adapter acts.
@@ -52,7 +58,7 @@ def test_example_is_ui_format_with_real_file_names(path):
     wf = _load(path)
     assert wc.is_ui_format(wf), f"{path} is not a UI-format workflow (nodes + links)"
     if any(n["type"] == "UNETLoader" for n in wf["nodes"]):  # Flux: the separate files of FLUX.1-dev
-        assert sorted(wc.model_files(wf)) == sorted(FLUX_FILES), wc.model_files(wf)
+        assert sorted(wc.model_files(wf)) == sorted(FLUX_FILES[path]), wc.model_files(wf)
         _check_reference_images(wf)
         return
     files = dict(wc.model_files(wf))
@@ -76,10 +82,12 @@ def _check_reference_images(wf: dict) -> None:
     assert os.path.getsize(REFERENCE) < 100_000
 
 
-def test_flux_example_is_wired_as_flux_wants_it():
+@pytest.mark.parametrize("path", sorted(FLUX_FILES), ids=os.path.basename)
+def test_flux_example_is_wired_as_flux_wants_it(path):
     """FLUX.1-dev's settings: cfg 1 with FluxGuidance, 16-channel latents (EmptySD3LatentImage), DualCLIPLoader type
-    flux; the XLabs adapter through IPA Apply with image + CLIP vision; every loader links its download."""
-    wf = _load(FLUX)
+    flux; the adapter (XLabs, InstantX) through IPA Apply with image + CLIP vision; every loader links its download;
+    the InstantX note says the SigLIP file must be the full one, with its pooling head."""
+    wf = _load(path)
     by_type = {n["type"]: n for n in wf["nodes"]}
     assert by_type["KSampler"]["widgets_values"][3] == 1.0 and by_type["FluxGuidance"]["widgets_values"] == [3.5]
     assert by_type["DualCLIPLoader"]["widgets_values"][2] == "flux" and "EmptySD3LatentImage" in by_type
@@ -90,7 +98,11 @@ def test_flux_example_is_wired_as_flux_wants_it():
             listed = [m["name"] for m in node["properties"]["models"]]
             assert listed == [v for folder, v in wc.model_files({"nodes": [node], "links": []})], node["type"]
     note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
-    assert all(name in note for _, name in FLUX_FILES) and "cfg at 1.0" in note
+    assert all(name in note for _, name in FLUX_FILES[path]) and "cfg at 1.0" in note
+    if path == INSTANTX:
+        assert by_type["IPA_Apply"]["widgets_values"][0] == 0.7
+        assert "full `model.safetensors` of google/siglip-so400m-patch14-384" in note and "pooling head" in note
+        assert "vision_model.head" in note
 
 
 def test_convert_maps_widgets_and_skips_frontend_values():
@@ -268,3 +280,36 @@ def test_flux_wrong_adapter_is_named_through_the_server(server, flux_graph, simp
     _named_error(server.queue(xlabs_on_sd15, timeout=PROMPT_TIMEOUT), xlabs_on_sd15, "IPA_ApplySimple",
                  "IPA Apply (simple)", r"XLabs Flux v1.*for Flux models.*no Flux blocks")
     _run_ok(server, flux_graph)
+
+
+# ---------------------------------------------------------------------------------------------- Flux (InstantX)
+# The InstantX example on the same Flux stand-ins, with the InstantX stand-in adapter (a site per double and single
+# block of the stand-in Flux) and the tiny SigLIP stand-in, whose file holds the pooling head the pack reads.
+
+@pytest.fixture(scope="module")
+def instantx_graph(server) -> dict:
+    graph = wc.use_standins(server.convert(_load(INSTANTX)))
+    assert {n["inputs"]["ipadapter_file"] for n in wc.nodes_of(graph, "IPA_ModelLoader")} == {standins.ADAPTER_INSTANTX}
+    assert {n["inputs"]["clip_name"] for n in wc.nodes_of(graph, "IPATest_CLIPVisionLoaderJSON")} == {standins.SIGLIP}
+    return graph
+
+
+def test_instantx_example_weight_changes_the_image(server, instantx_graph):
+    """The example's weight (0.7) against weight 0: the InstantX term (SigLIP's pooled output, read through the
+    pooling head in the stand-in's own file) changes the picture."""
+    from testkit.run_workflow import mean_abs_diff
+
+    example = _run_ok(server, instantx_graph).images[0]
+    zero = _run_ok(server, wc.set_adapter_weight(instantx_graph, 0.0)).images[0]
+    diff = mean_abs_diff(example, zero)
+    assert diff > MIN_WEIGHT_EFFECT, f"weight 0.7 vs 0: mean abs pixel difference {diff:.3f} <= {MIN_WEIGHT_EFFECT}"
+
+
+def test_instantx_with_a_headless_siglip_names_the_file_through_the_server(server, instantx_graph):
+    """POST /prompt with a SigLIP file that has no pooling head (vision_model.head.*): the apply node fails naming
+    that file and the head; the server goes on serving the good graph."""
+    headless = wc.set_inputs(instantx_graph, "IPATest_CLIPVisionLoaderJSON", clip_name=standins.SIGLIP_HEADLESS)
+    msg = _named_error(server.queue(headless, timeout=PROMPT_TIMEOUT), headless, "IPA_Apply", "IPA Apply",
+                       r"input 'clip_vision'.*'" + re.escape(standins.SIGLIP_HEADLESS) + r"'.*no pooling head")
+    assert "vision_model.head" in msg and "google/siglip-so400m-patch14-384" in msg, msg
+    _run_ok(server, instantx_graph)

@@ -167,7 +167,8 @@ def test_combo_lists_auto_and_the_files(pack, library):
     spec = cls.INPUT_TYPES()
     assert spec["required"]["preset"][0] == ["standard", "light", "vit-G", "plus", "plus face", "full face",
                                              "composition", "any", "faceid", "faceid plus", "faceid plus v2",
-                                             "faceid portrait", "faceid portrait unnorm"]
+                                             "faceid portrait", "faceid portrait unnorm",
+                                             "FLUX XLabs v2", "FLUX XLabs v1", "FLUX InstantX"]  # appended only
     files = spec["optional"]["ipadapter_file"][0]
     assert files[0] == "auto" and {"zz_random.safetensors", "ip-adapter_sd15.safetensors", "mine.bin"} <= set(files)
     assert spec["optional"]["clip_vision_file"][0] == ["auto", "ip-adapter_sdxl.safetensors", "model.safetensors"]
@@ -248,3 +249,175 @@ def test_open_clip_layout_encoder_is_found_and_loaded(run_node, pack_module, lib
     image = make_image(1)
     assert torch.equal(clip_vision.encode_image(image)["penultimate_hidden_states"],
                        cv.encode_image(image)["penultimate_hidden_states"])
+
+
+# ---------------------------------------------------------------------------------------------- Flux presets
+# A Flux model of ComfyUI's own classes at the stand-ins' widths (testkit/flux_standins.py: hidden 128, 2 double + 1
+# single blocks, context 64), tiny XLabs v1 / v2 and InstantX files sized for it, the tiny CLIP vision (40-wide
+# image embeds) and two tiny SigLIP files (32 wide, one with its pooling head vision_model.head.*, one without), next
+# to the SD files of the `library` fixture, under misleading names.
+
+@pytest.fixture(scope="module")
+def flux(comfy_nodes):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from testkit.flux_standins import comfy_flux_model
+
+    return comfy.model_patcher.ModelPatcher(comfy_flux_model(), load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def save_siglip(directory, name: str, *, head: bool, seed: int) -> str:
+    """A tiny SigLIP vision encoder (transformers' key names, with or without its pooling head) and its .json."""
+    from safetensors.torch import save_file
+
+    from testkit.flux_standins import SIGLIP_CONFIG, siglip_state_dict
+
+    path = os.path.join(str(directory), name)
+    save_file(siglip_state_dict(seed=seed, head=head), path)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(SIGLIP_CONFIG, f)
+    return path
+
+
+@pytest.fixture
+def flux_library(library, folders, cv):
+    from testkit.flux_adapters import write_xlabs
+    from testkit.flux_standins import CONTEXT, DOUBLE, HIDDEN, SIGLIP_CONFIG, SINGLE
+    from testkit.instantx_flux_adapters import write_instantx
+
+    d = folders
+    proj = int(cv.model.visual_projection.weight.shape[0])
+    files = dict(library)
+    files.update({
+        "xlabs_v2": write_xlabs(str(d["ipadapter"] / "ip_adapter.safetensors"), tokens=16, clip_dim=proj, ctx=CONTEXT,
+                                hidden=HIDDEN, blocks=DOUBLE, seed=1),
+        "xlabs_v1": write_xlabs(str(d["extra_ipadapter"] / "flux-ip-adapter-v2.safetensors"), tokens=4,
+                                clip_dim=proj, ctx=CONTEXT, hidden=HIDDEN, blocks=DOUBLE, seed=2),
+        "instantx": write_instantx(str(d["ipadapter"] / "ip-adapter.bin"), seed=3, tokens=4,
+                                   enc=SIGLIP_CONFIG["hidden_size"], ctx=CONTEXT, hidden=HIDDEN, sites=DOUBLE + SINGLE),
+        "siglip": save_siglip(d["clip_vision"], "z_siglip.safetensors", head=True, seed=4),
+        "siglip_headless": save_siglip(d["clip_vision"], "a_siglip_vision_only.safetensors", head=False, seed=5),
+    })
+    return files
+
+
+@pytest.fixture
+def comfy_finds_the_tiny_siglip(monkeypatch, flux_library):
+    """ComfyUI's own loader (comfy.clip_vision.load) recognises the published SigLIP so400m by its layer count and
+    drops its pooling head; it knows no tiny SigLIP. This stands in for that recognition on the tiny files, so the
+    pack's loader gets the same model it gets for so400m (its .json fallback expects every key of the file to fit
+    ComfyUI's model, and the head has no place there)."""
+    import comfy.clip_vision
+    import comfy.utils
+
+    real = comfy.clip_vision.load
+    tiny = {os.path.realpath(flux_library[k]) for k in ("siglip", "siglip_headless")}
+
+    def load(path):
+        if os.path.realpath(path) not in tiny:
+            return real(path)
+        model = comfy.clip_vision.ClipVisionModel(os.path.splitext(path)[0] + ".json")
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        missing, _ = model.load_sd({k: v for k, v in sd.items() if not k.startswith("vision_model.head.")})
+        assert not missing, missing
+        return model
+
+    monkeypatch.setattr(comfy.clip_vision, "load", load)
+
+
+@pytest.mark.parametrize("preset, adapter_key, encoder_key", [
+    ("FLUX XLabs v2", "xlabs_v2", "enc"),
+    ("FLUX XLabs v1", "xlabs_v1", "enc"),
+    ("FLUX InstantX", "instantx", "siglip"),
+])
+def test_flux_preset_picks_the_adapter_and_its_encoder(run_node, host, flux, flux_library,
+                                                       comfy_finds_the_tiny_siglip, preset, adapter_key, encoder_key):
+    """On a Flux model each Flux preset takes its file (XLabs v1 / v2 by token count, whatever the names say) and the
+    encoder that gives what it reads: CLIP image embeds for XLabs, for InstantX the SigLIP file with the pooling
+    head (not the headless one, which sorts first by name)."""
+    adapter, clip_vision, text = run(run_node, flux, preset)
+    assert adapter is host.load_adapter(flux_library[adapter_key])
+    assert clip_vision is host.load_clip_vision(flux_library[encoder_key])
+    assert os.path.basename(flux_library[adapter_key]) in text[0] and adapter.spec.describe() in text[0]
+    assert len(text) == 1, text
+
+
+def test_flux_preset_outputs_encode_and_apply(run_node, host, flux, flux_library, comfy_finds_the_tiny_siglip,
+                                              make_image):
+    """What FLUX InstantX loads works together: IPA Encode Image reads SigLIP's pooled output through the head in the
+    chosen file, and IPA Apply patches every double and single block of the Flux model."""
+    model, adapter, clip_vision = run_node(NODE, model=flux, preset="FLUX InstantX")["result"]
+    embeds = run_node("IPA_Encode", ipadapter=adapter, clip_vision=clip_vision, image=make_image(2))[0]
+    assert embeds.cond.shape == (1, 4, 64)
+    patched = run_node("IPA_Apply", model=model, ipadapter=adapter, embeds=embeds, weight=0.7, start_at=0.0,
+                       end_at=1.0)[0]
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert set(dit) == {("double_block", 0), ("double_block", 1), ("single_block", 0)}
+
+
+def test_sd_preset_on_flux_and_flux_preset_on_sd_are_refused_by_name(run_node, pack_module, flux, sd15,
+                                                                      flux_library):
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.InputError) as e:
+        run_node(NODE, model=flux, preset="standard")
+    assert str(e.value) == ("IPA Unified Loader: input 'preset': 'standard' is a preset for SD1.5 / SDXL models (a "
+                            "standard (base, ViT-H) adapter), but this model is Flux, 2 double + 1 single blocks; "
+                            "choose a preset for it: FLUX XLabs v2, FLUX XLabs v1, FLUX InstantX.")
+    with pytest.raises(errors.InputError, match=r"'faceid' is a preset for SD1\.5 / SDXL models .* this model is Flux"):
+        run_node(NODE, model=flux, preset="faceid")
+    for preset in ("FLUX XLabs v2", "FLUX InstantX"):
+        with pytest.raises(errors.InputError) as e:
+            run_node(NODE, model=sd15, preset=preset)
+        msg = str(e.value)
+        assert msg.startswith(f"IPA Unified Loader: input 'preset': '{preset}' is a preset for Flux models (")
+        assert "but this model is SD1.5, " in msg and "choose a preset for it: standard, light," in msg
+
+
+def test_flux_presets_with_missing_files_say_what_to_put_where(run_node, pack_module, flux, flux_library, folders):
+    errors = pack_module("ip_adapter_core.errors")
+    os.remove(flux_library["siglip"])  # only the SigLIP without its pooling head is left
+    with pytest.raises(errors.InputError) as e:
+        run_node(NODE, model=flux, preset="FLUX InstantX")
+    msg = str(e.value)
+    assert msg.startswith("IPA Unified Loader: no adapter file fits preset 'FLUX InstantX' and this model (Flux, 2 "
+                          "double + 1 single blocks)")
+    assert ("no CLIP vision file gives its 32-wide pooled output (a SigLIP vision model with a 32-wide pooled "
+            "output); a_siglip_vision_only.safetensors: SigLIP without its pooling head (vision_model.head.*)") in msg
+    assert ("\n    a_siglip_vision_only.safetensors: a SigLIP vision encoder (hidden 32, no projection, 32 px, 2 "
+            "layers, no pooling head") in msg
+    assert "\n    zz_random.safetensors: Base, SD1.5, 4 tokens, needs a CLIP vision model with 40-wide image embeds: " \
+           "not an InstantX Flux adapter" in msg
+    assert (f"put siglip-so400m-patch14-384.safetensors (the full model.safetensors of "
+            f"google/siglip-so400m-patch14-384, with its pooling head, renamed) in {folders['clip_vision']}") in msg
+    os.remove(flux_library["xlabs_v2"])
+    with pytest.raises(errors.InputError) as e:
+        run_node(NODE, model=flux, preset="FLUX XLabs v2")
+    msg = str(e.value)
+    assert "flux-ip-adapter-v2.safetensors: XLabs Flux v1, Flux, 4 tokens" in msg and "not an XLabs Flux v2" in msg
+    assert (f"put flux-ip-adapter-v2.safetensors (the ip_adapter.safetensors of XLabs-AI/flux-ip-adapter-v2, renamed) "
+            f"in {folders['ipadapter']}") in msg
+
+
+def test_pinned_sd_adapter_on_flux_says_why(run_node, pack_module, flux, flux_library):
+    errors = pack_module("ip_adapter_core.errors")
+    with pytest.raises(errors.InputError) as e:
+        run_node(NODE, model=flux, preset="standard", ipadapter_file="zz_random.safetensors")
+    msg = str(e.value)
+    assert "pinned ipadapter_file does not fit this model (Flux, 2 double + 1 single blocks)" in msg
+    assert "zz_random.safetensors: Base, SD1.5, 4 tokens, needs a CLIP vision model with 40-wide image embeds: the " \
+           "model has no UNet cross-attention layers" in msg
+
+
+def test_xlabs_on_sd_is_not_taken_by_any(run_node, host, sd15, flux_library):
+    """'any' on an SD model takes SD files only: the Flux files in the same folders are listed as not fitting."""
+    adapter, _, _ = run(run_node, sd15, "any")
+    assert adapter.spec.adapter_family == "sd-unet"
+
+
+def test_the_help_page_lists_the_flux_presets(pack):
+    page = open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "web",
+                             "docs", "IPA_UnifiedLoader.md"), encoding="utf-8").read()
+    for preset in ("FLUX XLabs v2", "FLUX XLabs v1", "FLUX InstantX"):
+        assert f"`{preset}`" in page, preset

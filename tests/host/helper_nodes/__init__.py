@@ -2,7 +2,9 @@
 
 ComfyUI's CLIPVisionLoader recognises only full-size encoders (it detects them by their layer count), so it
 cannot load the tiny random CLIP vision stand-in. ``IPATest_CLIPVisionLoaderJSON`` builds
-``comfy.clip_vision.ClipVisionModel`` from the ``.json`` config next to the weights instead.
+``comfy.clip_vision.ClipVisionModel`` from the ``.json`` config next to the weights instead. A SigLIP file
+(model_type siglip_vision_model) may hold its pooling head, ``vision_model.head.*``, which ComfyUI's model has no
+place for: like core CLIPVisionLoader, the node leaves those keys out (the pack reads them from the file itself).
 
 The Flux stand-ins (testkit/flux_standins.py) have the same problem: ComfyUI 0.3.x's detection hard-codes Flux's full
 width (hidden 3072, 24 heads, context 4096), and its Flux text encoders are a full-size CLIP-L and T5-XXL.
@@ -29,6 +31,9 @@ import nodes
 import torch
 
 
+SIGLIP_HEAD = "vision_model.head."
+
+
 class IPATestCLIPVisionLoaderJSON:
     CATEGORY = "ip-adapter/testing"
     RETURN_TYPES = ("CLIP_VISION",)
@@ -45,7 +50,12 @@ class IPATestCLIPVisionLoaderJSON:
         if not os.path.isfile(config):
             raise FileNotFoundError(f"IPATest_CLIPVisionLoaderJSON: no config {config} next to {path}")
         model = comfy.clip_vision.ClipVisionModel(config)
-        missing, unexpected = model.load_sd(comfy.utils.load_torch_file(path, safe_load=True))
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        with open(config) as f:
+            siglip = json.load(f).get("model_type") == "siglip_vision_model"
+        if siglip:  # core CLIPVisionLoader drops SigLIP's pooling head too (no place for it in ComfyUI's model)
+            sd = {k: v for k, v in sd.items() if not k.startswith(SIGLIP_HEAD)}
+        missing, unexpected = model.load_sd(sd)
         if missing or unexpected:
             raise ValueError(f"IPATest_CLIPVisionLoaderJSON: {clip_name} does not fit {config}: "
                              f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
