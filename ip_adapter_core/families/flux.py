@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import NotAnIPAdapterError
 from ..projection import CastLinear, ImageProj
 from ..spec import KIND_VERSION_BY_TOKENS, AdapterSpec
-from .registry import EncoderNeed, Family, Preset, Tensors, register
+from .registry import EncoderNeed, Family, Preset, Tensors, assign_parts, register, tensor_shape
 
 NAME = "xlabs-flux"
 KIND = "xlabs"
@@ -60,16 +60,8 @@ def detect(image_proj: Tensors, ip_adapter: Tensors, name: str) -> AdapterSpec:
                        num_tokens=rows // ctx, site_dims=(hidden,) * blocks, adapter_family=NAME)
 
 
-def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, *, prefix: str = "") -> tuple[int, ...]:
-    """The shape of ``part[key]``, which must match ``expected`` (None: any size on that axis)."""
-    t = part.get(key)
-    shape = None if t is None else tuple(int(d) for d in t.shape)
-    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-        want = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
-        found = "missing" if shape is None else f"shaped {shape}"
-        raise NotAnIPAdapterError(f"{name} has the XLabs Flux IP-Adapter layout but '{prefix}{key}' is {found} "
-                                  f"(expected {want}); the file is incomplete or damaged.")
-    return shape
+def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, prefix: str = "") -> tuple[int, ...]:
+    return tensor_shape(part, key, expected, name, prefix=prefix, layout="XLabs Flux IP-Adapter")
 
 
 def build_projection(spec: AdapterSpec) -> nn.Module:
@@ -159,13 +151,7 @@ class XLabsModel(nn.Module):
         """Built on the meta device and assigned the given tensors (no copy); every key must fit, none may be left."""
         with torch.device("meta"):
             model = cls(spec)
-        state = {**{f"image_proj.{k}": v for k, v in image_proj.items()}, **{f"layers.{k}": v for k, v in ip_adapter.items()}}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as e:
-            detail = str(e).split("\n\t", 1)[-1].strip()
-            raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
-        return model.eval()
+        return assign_parts(model, spec, image_proj, ip_adapter, name=name)
 
     def project(self, embeds: torch.Tensor) -> torch.Tensor:
         """CLIP image embeds (B, E) -> tokens (B, N, ctx), in the embeds' dtype."""

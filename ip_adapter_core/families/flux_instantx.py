@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import IncompatibleError, NotAnIPAdapterError
 from ..projection import CastLayerNorm, CastLinear
 from ..spec import AdapterSpec
-from .registry import EncoderNeed, Family, Preset, Tensors, register
+from .registry import EncoderNeed, Family, Preset, Tensors, assign_parts, register, tensor_shape
 
 NAME = "instantx-flux"
 KIND = "instantx_flux"
@@ -73,16 +73,8 @@ def detect(image_proj: Tensors, ip_adapter: Tensors, name: str) -> AdapterSpec:
                        num_tokens=rows // ctx, site_dims=(hidden,) * sites, adapter_family=NAME)
 
 
-def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, *, prefix: str) -> tuple[int, ...]:
-    """The shape of ``part[key]``, which must match ``expected`` (None: any size on that axis)."""
-    t = part.get(key)
-    shape = None if t is None else tuple(int(d) for d in t.shape)
-    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-        want = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
-        found = "missing" if shape is None else f"shaped {shape}"
-        raise NotAnIPAdapterError(f"{name} has the InstantX Flux IP-Adapter layout but '{prefix}{key}' is {found} "
-                                  f"(expected {want}); the file is incomplete or damaged.")
-    return shape
+def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, prefix: str = "") -> tuple[int, ...]:
+    return tensor_shape(part, key, expected, name, prefix=prefix, layout="InstantX Flux IP-Adapter")
 
 
 def site_kinds(spec: AdapterSpec, double_blocks: int, single_blocks: int | None = None) -> tuple[tuple[str, int], ...]:
@@ -194,14 +186,7 @@ class InstantXModel(nn.Module):
         """Built on the meta device and assigned the given tensors (no copy); every key must fit, none may be left."""
         with torch.device("meta"):
             model = cls(spec, head_dim=head_dim)
-        state = {**{f"image_proj.{k}": v for k, v in image_proj.items()},
-                 **{f"layers.{k}": v for k, v in ip_adapter.items()}}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as e:
-            detail = str(e).split("\n\t", 1)[-1].strip()
-            raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
-        return model.eval()
+        return assign_parts(model, spec, image_proj, ip_adapter, name=name)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """SigLIP pooled output (B, E) -> tokens (B, T, ctx), in its dtype."""

@@ -142,3 +142,33 @@ def presets() -> dict[str, Preset]:
                 raise ValueError(f"preset {name!r} of {family.name} is already defined by another family")
             out[name] = preset
     return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers of the families
+
+def tensor_shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, *, prefix: str = "",
+                 layout: str) -> tuple[int, ...]:
+    """The shape of ``part[key]``, which must match ``expected`` (None: any size on that axis); NotAnIPAdapterError
+    naming the file, the ``layout`` it otherwise has and the key when it is missing or shaped otherwise."""
+    t = part.get(key)
+    shape = None if t is None else tuple(int(d) for d in t.shape)
+    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        want = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
+        found = "missing" if shape is None else f"shaped {shape}"
+        raise NotAnIPAdapterError(f"{name} has the {layout} layout but '{prefix}{key}' is {found} "
+                                  f"(expected {want}); the file is incomplete or damaged.")
+    return shape
+
+
+def assign_parts(model: nn.Module, spec: AdapterSpec, image_proj: Tensors, ip_adapter: Tensors, *,
+                 name: str) -> nn.Module:
+    """A family module built on the meta device, given the file's tensors (no copy): ``image_proj.*`` and
+    ``layers.*`` (the ip_adapter part's keys), every key fitting and none left; NotAnIPAdapterError naming the file and
+    what does not fit. Returns the module in eval mode."""
+    state = {**{f"image_proj.{k}": v for k, v in image_proj.items()}, **{f"layers.{k}": v for k, v in ip_adapter.items()}}
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        detail = str(e).split("\n\t", 1)[-1].strip()
+        raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
+    return model.eval()

@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import NotAnIPAdapterError, UnsupportedAdapterError
 from ..projection import CastLinear
 from ..spec import AdapterSpec
-from .registry import EncoderNeed, Family, Tensors, register
+from .registry import EncoderNeed, Family, Tensors, assign_parts, register, tensor_shape
 from .sd3_resampler import DEPTH, FFN_RATIO, HEAD_DIM, TIME_DIM, TimeResampler
 
 NAME = "instantx-sd3"
@@ -46,16 +46,8 @@ def claims(image_proj: Tensors, ip_adapter: Tensors) -> bool:
     return "time_embedding.linear_1.weight" in image_proj or any(".norm_ip." in k for k in ip_adapter)
 
 
-def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, prefix: str) -> tuple[int, ...]:
-    """The shape of ``part[key]``, which must match ``expected`` (None: any size on that axis)."""
-    t = part.get(key)
-    shape = None if t is None else tuple(int(d) for d in t.shape)
-    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-        want = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
-        found = "missing" if shape is None else f"shaped {shape}"
-        raise NotAnIPAdapterError(f"{name} has the InstantX SD3.5 IP-Adapter layout but '{prefix}{key}' is {found} "
-                                  f"(expected {want}); the file is incomplete or damaged.")
-    return shape
+def _shape(part: Tensors, key: str, expected: tuple[int | None, ...], name: str, prefix: str = "") -> tuple[int, ...]:
+    return tensor_shape(part, key, expected, name, prefix=prefix, layout="InstantX SD3.5 IP-Adapter")
 
 
 def detect(image_proj: Tensors, ip_adapter: Tensors, name: str) -> AdapterSpec:
@@ -240,13 +232,7 @@ class InstantXSD3Model(nn.Module):
         """Built on the meta device and assigned the given tensors (no copy); every key must fit, none may be left."""
         with torch.device("meta"):
             model = cls(spec)
-        state = {**{f"image_proj.{k}": v for k, v in image_proj.items()}, **{f"layers.{k}": v for k, v in ip_adapter.items()}}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as e:
-            detail = str(e).split("\n\t", 1)[-1].strip()
-            raise NotAnIPAdapterError(f"{name} does not match the {spec.describe()} layout: {detail}") from None
-        return model.eval()
+        return assign_parts(model, spec, image_proj, ip_adapter, name=name)
 
     def heads(self, block: int) -> int:
         return self.spec.site_dims[block] // BLOCK_HEAD_DIM
