@@ -38,6 +38,7 @@ class EncoderNeed:
     label: str
     clip: "EncoderNeed | None" = None
     uncond: str = "zero"
+    squash: bool = False  # the image resized to the encoder's square without a centre crop (SigLIP's processor)
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,9 @@ def build_projection(spec: AdapterSpec) -> nn.Module:
 def encoder_need(spec: AdapterSpec) -> EncoderNeed:
     label = ENCODERS.get(spec.encoder_dim, f"a SigLIP vision model with {spec.encoder_dim}-wide hidden states")
     # diffusers' negative image prompt is zeros_like(the features), passed through the resampler like any features
+    # SigLIP's processor squashes the image to 384 x 384 (no centre crop, unlike ComfyUI's default)
     return EncoderNeed(kind="clip_vision", output="penultimate", width=spec.encoder_dim, label=label,
-                       uncond="zero features")
+                       uncond="zero features", squash=True)
 
 
 # ---------------------------------------------------------------------------------------------- the block term

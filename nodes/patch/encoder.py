@@ -44,7 +44,8 @@ class ClipVisionStage:
         return clip_vision_dims(encoder).image_size
 
     def features(self, adapter: LoadedAdapter, encoder: Any, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(encoder, images, adapter.spec.encoder_input)
+        squash = families.encoder_need(adapter.spec).squash  # SigLIP's processor: no centre crop (SD3.5)
+        return encode_images(encoder, images, adapter.spec.encoder_input, crop=not squash)
 
     def black_image(self, adapter: LoadedAdapter, encoder: Any) -> torch.Tensor | None:
         """The IMAGE whose tokens are the "black image" uncond (the old pack's), or None where that equals the

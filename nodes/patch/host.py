@@ -215,8 +215,9 @@ def clip_vision_tokens(clip_vision: Any) -> int:
     return int(clip_vision.model.vision_model.embeddings.position_embedding.weight.shape[0])
 
 
-def encode_images(clip_vision: Any, images: torch.Tensor, output: str) -> torch.Tensor:
-    """images: IMAGE (B, H, W, 3) -> image_embeds (B, E) or penultimate (B, N, E), float32 on the intermediate device;
+def encode_images(clip_vision: Any, images: torch.Tensor, output: str, *, crop: bool = True) -> torch.Tensor:
+    """images: IMAGE (B, H, W, 3) -> image_embeds (B, E) or penultimate (B, N, E), float32 on the intermediate device,
+    each image centre-cropped to a square (``crop``, ComfyUI's default) or squashed to it (SigLIP's processor);
     "pooled": SigLIP's pooled output (B, E): its post-LayerNorm tokens (ComfyUI's image_embeds for SigLIP), squashed to
     the encoder's size without a crop as SigLIP's processor does, through the pooling head (see :func:`siglip_head`,
     which the encoder stage's check has loaded)."""
@@ -228,7 +229,7 @@ def encode_images(clip_vision: Any, images: torch.Tensor, output: str) -> torch.
         head = _siglip_heads[clip_vision]
         with torch.no_grad():
             return head.to(states.device)(states.float())
-    out = clip_vision.encode_image(images)
+    out = clip_vision.encode_image(images, crop=crop)
     key = "image_embeds" if output == "image_embeds" else "penultimate_hidden_states"
     return out[key].float()
 

@@ -116,7 +116,8 @@ def test_instantx_sd3_forward_matches_diffusers(sd3, sd3_file, adapter, embeds, 
     patched = apply(run_node, sd3.patcher, adapter, embeds, weight=WEIGHT)
     reference = _diffusers_with(sd3, sd3_file, WEIGHT)
     with torch.no_grad():
-        cond = cv.encode_image(make_image(11))["penultimate_hidden_states"].float()  # (1, N, E)
+        # SigLIP's processor squashes the 40 x 36 image to the encoder's square: no centre crop
+        cond = cv.encode_image(make_image(11), crop=False)["penultimate_hidden_states"].float()  # (1, N, E)
     features = torch.cat([cond if c == 0 else torch.zeros_like(cond) for c in order])  # (B, N, E), one per row
     inputs = sd3_inputs(batch=len(order), sigma=sigma)
     expected = diffusers_sd3_forward(reference, inputs, joint_attention_kwargs={"ip_adapter_image_embeds": features})
@@ -297,6 +298,8 @@ def test_several_images_and_combining_are_refused_by_name(sd3, adapter, cv, make
         apply(run_node, sd3.patcher, adapter, two)
     with pytest.raises(Exception, match=r"IPA Combine Embeds.*InstantX SD3.5.*cannot be combined"):
         run_node("IPA_CombineEmbeds", embeds=two, method="average")
+    with pytest.raises(Exception, match=r"IPAdapter Combine Embeds.*InstantX SD3.5.*cannot be combined"):
+        run_node("IPAdapterCombineEmbeds", embed1=two, embed2=two, method="concat")  # the old pack's ID, served
 
 
 def test_a_zero_qk_norm_weight_is_refused_at_plan_time(sd3, adapter, embeds, run_node):
