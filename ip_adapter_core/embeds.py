@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IncompatibleError
+from .errors import IncompatibleError, InputError
 from .spec import AdapterSpec
 
 # the uncond image prompt of an encode: "reference" = as the adapter was trained, "black image" = the old pack's
@@ -52,6 +52,15 @@ def carries_features(spec: AdapterSpec) -> bool:
     from . import families
 
     return bool(getattr(families.family_of(spec), "step_projection", False))
+
+
+def check_combinable(tokens: "ImageTokens", *, where: str) -> None:
+    """InputError when ``tokens`` hold encoder features (InstantX SD3.5: projected at every step), which no combine
+    node can mix as tokens."""
+    if carries_features(tokens.spec):
+        raise InputError(f"{where}: the embeds are for '{tokens.adapter_name}' ({tokens.spec.describe()}), whose "
+                         f"projection depends on the sampling step: they hold the encoder's features, not tokens, so "
+                         f"they cannot be combined here. Use one reference image per apply and chain the applies.")
 
 
 def payload_width(spec: AdapterSpec) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ip_adapter_core.combine import COMBINE_METHODS, combine_tokens, parse_weights
-from ..ip_adapter_core.embeds import ImageTokens, carries_features
-from ..ip_adapter_core.errors import InputError
+from ..ip_adapter_core.embeds import ImageTokens, check_combinable
 from .common import CATEGORY, EMBEDS, EMBEDS_IN, reports
 
 
@@ -39,11 +38,7 @@ class IPACombineEmbeds:
 
     @reports(DISPLAY_NAME)
     def run(self, embeds: ImageTokens, method: str, image_weights: str = ""):
-        if carries_features(embeds.spec):  # InstantX SD3.5: projected at every step, so there are no tokens yet
-            raise InputError(f"{self.DISPLAY_NAME}: the embeds are for '{embeds.adapter_name}' "
-                             f"({embeds.spec.describe()}), whose projection depends on the sampling step: they hold "
-                             f"the encoder's features, not tokens, so they cannot be combined here. Use one reference "
-                             f"image per IPA Apply and chain the applies.")
+        check_combinable(embeds, where=self.DISPLAY_NAME)  # InstantX SD3.5: features, projected at every step
         where = f"{self.DISPLAY_NAME}, input 'image_weights'"
         weights = parse_weights(image_weights, embeds.cond.shape[0], where=where)
         cond = combine_tokens(embeds.cond, method, weights, where=self.DISPLAY_NAME)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ...ip_adapter_core.compat import prepare_images
-from ...ip_adapter_core.embeds import ImageTokens
+from ...ip_adapter_core.embeds import ImageTokens, check_combinable
 from ...ip_adapter_core.errors import InputError
 from ...migration.schemas import INTERPOLATIONS, SIMPLE_WEIGHT_TYPES, UNIFIED_PRESETS
 from ..face import IPAFaceModelLoader
@@ -160,6 +160,7 @@ class OldCombineEmbeds:
     def run(self, embed1: ImageTokens, method: str, embed2: ImageTokens | None = None,
             embed3: ImageTokens | None = None, embed4: ImageTokens | None = None, embed5: ImageTokens | None = None):
         where = self.DISPLAY_NAME
+        check_combinable(embed1, where=where)  # InstantX SD3.5 embeds hold features, not tokens
         others = [e for e in (embed2, embed3, embed4, embed5) if e is not None]
         for i, e in enumerate(others):
             e.check_fits(embed1.spec, embed1.adapter_id, embed1.adapter_name, where=f"{where}, embed{i + 2}")
