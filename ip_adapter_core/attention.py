@@ -150,3 +150,14 @@ def add_image_term(out: torch.Tensor, q: torch.Tensor, k_ip: torch.Tensor, v_ip:
     if mask is not None:
         term = term * mask
     return out + term
+
+
+def heads_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA(q, K, V) with the default 1 / sqrt(d) scale, no mask, heads merged: q (B, heads, L, d), K / V
+    (B, heads, T, d) -> (B, L, heads * d) in q's dtype. The DiT families' image term (families/flux.py,
+    flux_instantx.py); ValueError when the three do not share heads and head width."""
+    if k.shape[1] != q.shape[1] or k.shape[-1] != q.shape[-1] or v.shape != k.shape:
+        raise ValueError(f"image term: q {tuple(q.shape)}, K {tuple(k.shape)}, V {tuple(v.shape)} do not "
+                         "share heads and head width (B, heads, L, d)")
+    out = F.scaled_dot_product_attention(q, k.to(q), v.to(q))
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)

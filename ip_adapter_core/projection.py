@@ -57,6 +57,22 @@ class ImageProj(nn.Module):
         return self.norm(self.proj(e).reshape(e.shape[0], self.num_tokens, -1))
 
 
+class MLPTokens(nn.Module):
+    """y = LN_C(reshape(proj.2(GELU(proj.0(e))), [B, T, C])), exact (erf) GELU, hidden 2E, LayerNorm eps 1e-5: the
+    MLP projection of FaceID / portrait (families/faceid.py) and InstantX Flux (families/flux_instantx.py), keys
+    ``proj.0.*``, ``proj.2.*``, ``norm.*``. e: (B, E) -> (B, T, C); weights cast to e's dtype and device at call time."""
+
+    def __init__(self, *, encoder_dim: int, context_dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Sequential(CastLinear(encoder_dim, 2 * encoder_dim), nn.GELU(),
+                                  CastLinear(2 * encoder_dim, num_tokens * context_dim))
+        self.norm = CastLayerNorm(context_dim)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(e).reshape(e.shape[0], self.num_tokens, -1))
+
+
 class MLPProj(nn.Module):
     """Full face: token-wise LN(GELU(h W0^T + b0) W2^T + b2). h: (B, N, E) -> (B, N, C)."""
 

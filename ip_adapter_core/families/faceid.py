@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import IncompatibleError, InputError, NotAnIPAdapterError
 from ..lora import lora_rank
-from ..projection import CastLayerNorm, CastLinear, Resampler, perceiver_layers, run_perceiver
+from ..projection import CastLayerNorm, CastLinear, MLPTokens, Resampler, perceiver_layers, run_perceiver
 from ..spec import AdapterSpec
 from .registry import EncoderNeed, Family, Preset, Tensors, register
 
@@ -140,19 +140,12 @@ def concat_faces(tokens: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- projections
 
-class FaceIDMLP(nn.Module):
-    """FaceID and portrait: y = LN(reshape(GELU(f W0^T + b0) W2^T + b2, [B, T, C])), exact (erf) GELU, hidden 2·E.
-    FaceFeatures with embeds (B, E) -> (B, T, C)."""
-
-    def __init__(self, *, encoder_dim: int, context_dim: int, num_tokens: int) -> None:
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.proj = nn.Sequential(CastLinear(encoder_dim, 2 * encoder_dim), nn.GELU(),
-                                  CastLinear(2 * encoder_dim, num_tokens * context_dim))
-        self.norm = CastLayerNorm(context_dim)
+class FaceIDMLP(MLPTokens):
+    """FaceID and portrait: projection.MLPTokens over the face embedding. FaceFeatures with embeds (B, E) ->
+    (B, T, C)."""
 
     def id_tokens(self, e: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(e).reshape(e.shape[0], self.num_tokens, -1))
+        return super().forward(e)
 
     def forward(self, f: FaceFeatures) -> torch.Tensor:
         return self.id_tokens(_features(f).embeds)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import heads_sdpa
 from ..errors import NotAnIPAdapterError
 from ..projection import CastLinear, ImageProj
 from ..spec import KIND_VERSION_BY_TOKENS, AdapterSpec
@@ -98,19 +99,10 @@ def kv_for_tokens(tokens: torch.Tensor, k_w: torch.Tensor, k_b: torch.Tensor, v_
     return split_heads(k, heads), split_heads(v, heads)
 
 
-def xlabs_image_term(q_img: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor) -> torch.Tensor:
-    """One double block's IP term: SDPA(q_img, K, V) with the default 1 / sqrt(d) scale, no mask, heads merged.
-
-    q_img: (B, heads, L_img, d), the block's image query after its QK RMS-norm and BEFORE RoPE (in ComfyUI:
-    ``img_attn.norm``'s q; from a post-RoPE joint q: ``rope.unrope(q, pe)`` then the image slice).
-    k_ip, v_ip: (B, heads, T, d) from :func:`kv_for_tokens`. Returns (B, L_img, heads * d) in q's dtype; the caller
-    adds s * term to the block's image output (the img stream after the MLP residual).
-    """
-    if k_ip.shape[1] != q_img.shape[1] or k_ip.shape[-1] != q_img.shape[-1] or v_ip.shape != k_ip.shape:
-        raise ValueError(f"image term: q {tuple(q_img.shape)}, K {tuple(k_ip.shape)}, V {tuple(v_ip.shape)} do not "
-                         "share heads and head width (B, heads, L, d)")
-    out = F.scaled_dot_product_attention(q_img, k_ip.to(q_img), v_ip.to(q_img))
-    return out.transpose(1, 2).reshape(q_img.shape[0], q_img.shape[2], -1)
+# One double block's IP term: attention.heads_sdpa(q_img, K, V), q_img the block's image query after its QK RMS-norm
+# and BEFORE RoPE (in ComfyUI: img_attn.norm's q; from a post-RoPE joint q: rope.unrope(q, pe), then the image slice),
+# K, V from kv_for_tokens; the caller adds s * term to the block's image output (after the MLP residual).
+xlabs_image_term = heads_sdpa
 
 
 class BlockLayers(nn.Module):

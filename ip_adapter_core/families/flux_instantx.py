@@ -1,7 +1,7 @@
 """The InstantX FLUX.1-dev IP-Adapter (128 tokens from SigLIP so400m's pooled output), patched into every Flux block.
 
 SigLIP pooler output e (B, 1152) -> tokens = LayerNorm_ctx(reshape(W2 GELU_exact(W1 e + b1) + b2, [128, ctx])) in the
-T5 context width ctx = 4096 (:class:`InstantXProj`, keys ``proj.0.*``, ``proj.2.*``, ``norm.*``). Per site i,
+T5 context width ctx = 4096 (:class:`~ip_adapter_core.projection.MLPTokens`, keys ``proj.0.*``, ``proj.2.*``, ``norm.*``). Per site i,
 K = RMSNorm(heads(W_k tokens)) and V = RMSNorm(heads(W_v tokens)): no biases, and the RMSNorm (no weight, eps 1e-5,
 statistics in float32) runs over each head's 128 values, V included, as in the reference processor
 (Shakker-Labs' ``IPAFluxAttnProcessor2_0``, a copy of InstantX's: ``RMSNorm(128)`` on ``B H L D`` tensors). The
@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import heads_sdpa
 from ..errors import IncompatibleError, NotAnIPAdapterError
-from ..projection import CastLayerNorm, CastLinear
+from ..projection import CastLinear, MLPTokens
 from ..spec import AdapterSpec
 from .registry import EncoderNeed, Family, Preset, Tensors, assign_parts, register, tensor_shape
 
@@ -93,24 +94,9 @@ def site_kinds(spec: AdapterSpec, double_blocks: int, single_blocks: int | None 
 
 # ---------------------------------------------------------------------------------------------- the projection
 
-class InstantXProj(nn.Module):
-    """InstantX's MLPProjModel: LN_ctx(reshape(proj.2(GELU(proj.0(e))), [B, T, ctx])), exact (erf) GELU, LayerNorm
-    eps 1e-5. e: (B, E) -> (B, T, ctx); weights cast to e's dtype and device at call time."""
-
-    def __init__(self, *, encoder_dim: int, context_dim: int, num_tokens: int) -> None:
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.proj = nn.Sequential(CastLinear(encoder_dim, 2 * encoder_dim), nn.GELU(),
-                                  CastLinear(2 * encoder_dim, num_tokens * context_dim))
-        self.norm = CastLayerNorm(context_dim)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(e).reshape(e.shape[0], self.num_tokens, -1))
-
-
 def build_projection(spec: AdapterSpec) -> nn.Module:
-    return InstantXProj(encoder_dim=spec.encoder_dim, context_dim=spec.cross_attention_dim,
-                        num_tokens=spec.num_tokens or 0)
+    return MLPTokens(encoder_dim=spec.encoder_dim, context_dim=spec.cross_attention_dim,
+                     num_tokens=spec.num_tokens or 0)
 
 
 def encoder_need(spec: AdapterSpec) -> EncoderNeed:
@@ -142,24 +128,13 @@ def instantx_kv(tokens: torch.Tensor, k_w: torch.Tensor, v_w: torch.Tensor,
             v.reshape(b, t, heads, -1).transpose(1, 2).contiguous())
 
 
-def instantx_term(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor) -> torch.Tensor:
-    """One block's IP term: SDPA(q, K, V), default 1 / sqrt(d) scale, no mask, heads merged.
-
-    q: (B, heads, L, d), the block's query after its QK RMS-norm and BEFORE RoPE (from the override's post-RoPE joint
-    q: ``rope.unrope(q, pe)``), sliced to the image tokens ``[:, :, txt:]`` in a double block, whole (text + image)
-    in a single block. k_ip, v_ip: (B, heads, T, d) from :func:`instantx_kv` or the host's cache over
-    :meth:`InstantXModel.site_kv` (s folded into V). Returns (B, L, heads * d) in q's dtype, to be added at the same
-    positions of the attention output (before img_attn.proj / linear2).
-    """
-    if k_ip.shape[1] != q.shape[1] or k_ip.shape[-1] != q.shape[-1] or v_ip.shape != k_ip.shape:
-        raise ValueError(f"image term: q {tuple(q.shape)}, K {tuple(k_ip.shape)}, V {tuple(v_ip.shape)} do not "
-                         "share heads and head width (B, heads, L, d)")
-    out = F.scaled_dot_product_attention(q, k_ip.to(q), v_ip.to(q))
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+# One double / single block's term: SDPA(q, K, V) with heads merged, the same attention as XLabs' (only where it is
+# added differs: before img_attn.proj / linear2, at the image rows of a double block or every row of a single one).
+instantx_term = heads_sdpa
 
 
 class InstantXModel(nn.Module):
-    """One InstantX file: ``image_proj`` (:class:`InstantXProj`) plus ``layers.{i}.to_{k,v}_ip`` (bias-free). The calls
+    """One InstantX file: ``image_proj`` (:class:`~ip_adapter_core.projection.MLPTokens`) plus ``layers.{i}.to_{k,v}_ip`` (bias-free). The calls
     of projection.IPAdapterModel (project, site_kv), so the host's K/V cache (attention.site_kv: batch layout, weight
     folded into V, head split) serves it unchanged; site_kv returns K and V already normalised per head.
     ``head_dim``: the width the K/V norm groups (128, the reference's; a test model with other heads sets its own).
